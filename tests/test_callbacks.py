@@ -1,0 +1,139 @@
+import numpy as np
+import keras
+import pytest
+
+import tf_lottery
+from tf_lottery import masking
+
+L = keras.layers
+
+
+def _wrapped(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    x = L.Dense(8, activation="relu", name="hidden")(inputs)
+    model = tf_lottery.wrap(keras.Model(inputs, L.Dense(3, name="output")(x)))
+    model.compile(optimizer=keras.optimizers.Adam(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def _data(n=40):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 6)).astype("float32"), rng.integers(0, 3, n)
+
+
+class Recorder(keras.callbacks.Callback):
+    """Records all weights after every batch and epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.after_step, self.after_epoch = {}, {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after_step[int(self.model.optimizer.iterations)] = masking.get_weight_values(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after_epoch[epoch + 1] = masking.get_weight_values(self.model)
+
+
+def _assert_equal(values, expected):
+    assert set(values) == set(expected)
+    for path in values:
+        np.testing.assert_array_equal(values[path], expected[path])
+
+
+def test_rewind_to_initialization_restores_survivors_bit_for_bit():
+    model = _wrapped()
+    initial = masking.get_weight_values(model)
+    callback = tf_lottery.LotteryCallback()
+    x, y = _data()
+    model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[callback])
+    masks = tf_lottery.PruningPlan().apply(
+        model, tf_lottery.criteria.magnitude(tf_lottery.get_prunable_weights(model), None))
+    tf_lottery.set_masks(model, masks)
+    callback.rewind()
+    rewound = masking.get_weight_values(model)
+    for key, weight in tf_lottery.get_prunable_weights(model).items():
+        path = model.get_layer(f"masked_{key.split('/')[0]}").layer.kernel.path
+        np.testing.assert_array_equal(weight, initial[path] * masks[key])
+        assert np.array_equal(rewound[path][masks[key] == 1], initial[path][masks[key] == 1])
+    bias = model.get_layer("masked_hidden").layer.bias.path
+    np.testing.assert_array_equal(rewound[bias], initial[bias])
+
+
+@pytest.mark.parametrize("rewind_at, recorded", [(3, ("after_step", 3)), ("step:5", ("after_step", 5)),
+                                                 ("epoch:1", ("after_epoch", 1))])
+def test_late_rewinding_captures_the_weights_at_that_point(rewind_at, recorded):
+    model = _wrapped()
+    callback, recorder = tf_lottery.LotteryCallback(rewind_at), Recorder()
+    x, y = _data()
+    model.fit(x, y, batch_size=10, epochs=3, verbose=0, callbacks=[callback, recorder])
+    attribute, at = recorded
+    _assert_equal(callback.rewind_weights, getattr(recorder, attribute)[at])
+    callback.rewind()
+    _assert_equal(masking.get_weight_values(model), getattr(recorder, attribute)[at])
+
+
+def test_capture_happens_once_across_rounds():
+    model = _wrapped()
+    callback = tf_lottery.LotteryCallback()
+    x, y = _data()
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    first = callback.rewind_weights
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.rewind_weights is first
+
+
+def test_callback_zeroes_pruned_weights_at_train_begin():
+    model = _wrapped()
+    masks = tf_lottery.get_masks(model)
+    masks["hidden/kernel"][0] = 0
+    tf_lottery.set_masks(model, masks)
+    kernel = model.get_layer("masked_hidden").layer.kernel
+    kernel.assign(np.ones(kernel.shape))  # e.g. weights loaded from elsewhere
+    x, y = _data()
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[tf_lottery.LotteryCallback()])
+    assert not kernel.numpy()[0].any()
+
+
+def test_rewind_beyond_the_training_run_is_an_error():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"step:100 lies beyond this training run of 8 steps"):
+        _wrapped().fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[tf_lottery.LotteryCallback(100)])
+    with pytest.raises(ValueError, match=r"epoch:5 lies beyond this training run of 2 epochs"):
+        _wrapped().fit(x, y, epochs=2, verbose=0, callbacks=[tf_lottery.LotteryCallback("epoch:5")])
+
+
+def test_steps_per_execution_that_skips_the_rewind_step_is_an_error():
+    model = _wrapped()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=2)
+    x, y = _data()
+    with pytest.raises(ValueError, match="steps_per_execution that divides the rewind step"):
+        model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[tf_lottery.LotteryCallback(3)])
+
+
+def test_steps_per_execution_that_divides_the_rewind_step_works():
+    model = _wrapped()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=2)
+    callback = tf_lottery.LotteryCallback(2)
+    x, y = _data()
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.rewind_weights is not None
+
+
+@pytest.mark.parametrize("bad", [-1, "step:-2", "iteration:3", "epoch:x", 1.5, True])
+def test_bad_rewind_points_are_rejected(bad):
+    with pytest.raises(ValueError, match="Rewind point must be"):
+        tf_lottery.LotteryCallback(bad)
+
+
+def test_rewind_before_training_and_unwrapped_models_are_errors():
+    with pytest.raises(ValueError, match="train with this callback first"):
+        tf_lottery.LotteryCallback().rewind(_wrapped())
+    plain = keras.Sequential([keras.Input((6,)), L.Dense(3)])
+    plain.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="tf_lottery.wrap"):
+        plain.fit(np.zeros((4, 6)), np.zeros((4, 3)), verbose=0, callbacks=[tf_lottery.LotteryCallback()])

@@ -1,0 +1,112 @@
+import numpy as np
+import keras
+import pytest
+
+import tf_lottery
+from tf_lottery import PruningPlan, criteria
+
+L = keras.layers
+
+
+def _masks_and_scores(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = {"fc1/kernel": (100, 50), "fc2/kernel": (50, 20), "output/kernel": (20, 10)}
+    masks = {k: np.ones(s, np.float32) for k, s in shapes.items()}
+    scores = {k: rng.random(s) for k, s in shapes.items()}
+    return masks, scores
+
+
+def _density(mask):
+    return mask.sum() / mask.size
+
+
+def test_layerwise_rounds_compound_per_layer():
+    plan = PruningPlan(rate=0.2, output_rate=0.1)
+    masks, scores = _masks_and_scores()
+    for _ in range(2):
+        masks = plan.prune(masks, scores, output_layer="output")
+    assert _density(masks["fc1/kernel"]) == pytest.approx(0.64)
+    assert _density(masks["fc2/kernel"]) == pytest.approx(0.64)
+    assert _density(masks["output/kernel"]) == pytest.approx(0.81)
+
+
+def test_layerwise_removes_the_lowest_scores():
+    masks, scores = _masks_and_scores()
+    new = PruningPlan(rate=0.5).prune(masks, scores)["fc1/kernel"]
+    assert scores["fc1/kernel"][new == 0].max() < scores["fc1/kernel"][new == 1].min()
+
+
+def test_already_pruned_weights_stay_pruned_whatever_their_score():
+    masks, scores = _masks_and_scores()
+    masks["fc1/kernel"][:10] = 0
+    scores["fc1/kernel"][:10] = 99.0
+    new = PruningPlan(rate=0.2).prune(masks, scores)
+    assert not new["fc1/kernel"][:10].any()
+    assert new["fc1/kernel"].sum() == round(0.8 * 4500)
+
+
+def test_global_scope_ranks_pooled_layers_together():
+    masks, scores = _masks_and_scores()
+    scores["fc2/kernel"] = scores["fc2/kernel"] * 0.1  # fc2's weights all rank low
+    new = PruningPlan(rate=0.2, output_rate=0.1, scope="global").prune(masks, scores, output_layer="output")
+    pooled = new["fc1/kernel"].sum() + new["fc2/kernel"].sum()
+    assert pooled == round(0.8 * (5000 + 1000))
+    pooled_scores = np.concatenate([scores[k].ravel() for k in ("fc1/kernel", "fc2/kernel")])
+    pooled_masks = np.concatenate([new[k].ravel() for k in ("fc1/kernel", "fc2/kernel")])
+    assert pooled_scores[pooled_masks == 0].max() < pooled_scores[pooled_masks == 1].min()
+    assert _density(new["fc2/kernel"]) < 0.3 and _density(new["fc1/kernel"]) > 0.9
+    assert _density(new["output/kernel"]) == pytest.approx(0.9)
+
+
+def test_layer_rates_and_skip_override_the_default():
+    masks, scores = _masks_and_scores()
+    plan = PruningPlan(rate=0.2, output_rate=None, layer_rates={"fc2": 0.5}, skip=("output/kernel",))
+    new = plan.prune(masks, scores, output_layer="output")
+    assert _density(new["fc1/kernel"]) == pytest.approx(0.8)
+    assert _density(new["fc2/kernel"]) == pytest.approx(0.5)
+    assert _density(new["output/kernel"]) == 1.0
+
+
+def test_pruning_is_deterministic_with_ties():
+    masks = {"a/kernel": np.ones((10, 10), np.float32)}
+    scores = {"a/kernel": np.zeros((10, 10))}
+    first = PruningPlan(rate=0.3).prune(masks, scores)
+    np.testing.assert_array_equal(first["a/kernel"], PruningPlan(rate=0.3).prune(masks, scores)["a/kernel"])
+    assert first["a/kernel"].sum() == 70
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rate": 0.0}, r"rate must be a fraction in \(0, 1\)"),
+    ({"rate": 1.5}, r"rate must be a fraction in \(0, 1\)"),
+    ({"output_rate": 1.0}, r"output_rate must be a fraction"),
+    ({"layer_rates": {"fc1": -0.1}}, r"layer_rates\['fc1'\] must be a fraction"),
+    ({"scope": "local"}, r"scope must be one of \('layerwise', 'global'\)"),
+    ({"target_density": 0.0}, r"target_density must be in \(0, 1\]"),
+])
+def test_bad_plans_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PruningPlan(**kwargs)
+
+
+def test_a_rate_that_empties_a_layer_is_an_error_naming_the_fix():
+    masks = {"tiny/kernel": np.array([[1.0, 0.0]], np.float32)}
+    with pytest.raises(ValueError, match=r"leave 'tiny/kernel' with no weights.*layer_rates.*skip"):
+        PruningPlan(rate=0.6).prune(masks, {"tiny/kernel": np.ones((1, 2))})
+
+
+def test_unknown_layer_names_and_scores_are_errors():
+    masks, scores = _masks_and_scores()
+    with pytest.raises(ValueError, match=r"does not have: \['fc9'\]"):
+        PruningPlan(layer_rates={"fc9": 0.5}).prune(masks, scores)
+    with pytest.raises(ValueError, match="Scores are for"):
+        PruningPlan().prune(masks, {"fc1/kernel": scores["fc1/kernel"]})
+
+
+def test_apply_prunes_a_wrapped_model_and_finds_its_output_layer():
+    inputs = keras.Input((20,))
+    x = L.Dense(30, name="fc1")(inputs)
+    model = tf_lottery.wrap(keras.Model(inputs, L.Dense(10, name="output")(x)))
+    scores = criteria.magnitude(tf_lottery.get_prunable_weights(model), None)
+    masks = PruningPlan(rate=0.2, output_rate=0.1).apply(model, scores)
+    assert _density(masks["fc1/kernel"]) == pytest.approx(0.8)
+    assert _density(masks["output/kernel"]) == pytest.approx(0.9)

@@ -1,0 +1,81 @@
+"""Pruning criteria: weights in, scores out (higher scores survive).
+
+A criterion is a callable `criterion(final, initial, statistics=None) -> scores`
+where `final` and `initial` map mask keys to the trained weights and to the
+rewind weights, `statistics` optionally maps mask keys to training statistics
+(e.g. accumulated movement), and `scores` maps the same keys to arrays of the
+weights' shapes. Users may pass any callable of that form.
+"""
+
+import functools
+
+import numpy as np
+
+
+def magnitude(final, initial, statistics=None):
+    """|final weight|: the paper's criterion and the default."""
+    del initial, statistics
+    return {key: np.abs(value) for key, value in final.items()}
+
+
+def magnitude_increase(final, initial, statistics=None):
+    """|final| - |initial|: keeps weights that grew most (Zhou et al., 2019)."""
+    del statistics
+    return {key: np.abs(value) - np.abs(initial[key]) for key, value in final.items()}
+
+
+def movement(final, initial, statistics=None):
+    """|final - initial|: keeps weights that moved farthest from their rewind value."""
+    del statistics
+    return {key: np.abs(value - initial[key]) for key, value in final.items()}
+
+
+def random(final, initial, statistics=None, *, seed=0):
+    """Uniform random scores from `seed`: the random-pruning control."""
+    del initial, statistics
+    rng = np.random.default_rng(seed)
+    return {key: rng.random(np.shape(value)) for key, value in sorted(final.items())}
+
+
+CRITERIA = {
+    "magnitude": magnitude,
+    "magnitude_increase": magnitude_increase,
+    "movement": movement,
+    "random": random,
+}
+
+
+def get(name, *, seed=0):
+    """The criterion called `name`; `seed` reaches the criteria that draw random numbers."""
+    if callable(name):
+        return name
+    if name not in CRITERIA:
+        raise ValueError(f"Unknown criterion {name!r}; choose one of {sorted(CRITERIA)} or pass a callable.")
+    if name == "random":
+        return functools.partial(random, seed=seed)
+    return CRITERIA[name]
+
+
+def score(criterion, final, initial, statistics=None):
+    """Applies `criterion` and checks its input and output.
+
+    Raises:
+        ValueError: if a weight is NaN or infinite (training diverged), or the
+            criterion returns scores of the wrong keys, shapes or values.
+    """
+    for key, value in final.items():
+        if not np.isfinite(value).all():
+            raise ValueError(
+                f"Weight '{key}' holds NaN or infinite values at pruning time: training diverged. "
+                "Lower the learning rate or check the data, then run the round again."
+            )
+    scores = criterion(final, initial, statistics)
+    if set(scores) != set(final):
+        raise ValueError(f"The criterion returned scores for {sorted(scores)}, expected {sorted(final)}.")
+    for key, value in scores.items():
+        if np.shape(value) != np.shape(final[key]):
+            raise ValueError(f"The criterion's scores for '{key}' have shape {np.shape(value)}, "
+                             f"expected {np.shape(final[key])}.")
+        if np.isnan(value).any():
+            raise ValueError(f"The criterion's scores for '{key}' contain NaN.")
+    return scores

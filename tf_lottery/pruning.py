@@ -1,0 +1,128 @@
+"""Pruning plans: scores and current masks in, new masks out."""
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from tf_lottery import masking
+
+SCOPES = ("layerwise", "global")
+
+
+def _check_rate(rate, what):
+    if not (isinstance(rate, (int, float)) and 0 < rate < 1):
+        raise ValueError(f"{what} must be a fraction in (0, 1), e.g. 0.2 for 20% per round; got {rate!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningPlan:
+    """How many of the surviving weights each round removes, and where.
+
+    Attributes:
+        rate: fraction of the surviving weights removed per round (0.2 in the paper).
+        output_rate: rate for the output layer (the last masked layer); the paper
+            prunes it at half the rate of the hidden layers. `None`: use `rate`.
+        layer_rates: per-layer overrides, keyed by layer name (all its masked
+            weights) or by mask key (`"dense/kernel"`).
+        scope: `"layerwise"` ranks weights within each layer; `"global"` ranks
+            all weights pruned at `rate` together (layers with their own rate,
+            including the output layer, are still pruned within the layer).
+        skip: layer names (or mask keys) never pruned.
+        target_density: global density at which a search stops; `None` for none.
+    """
+
+    rate: float = 0.2
+    output_rate: float | None = 0.1
+    layer_rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    scope: str = "layerwise"
+    skip: tuple[str, ...] = ()
+    target_density: float | None = None
+
+    def __post_init__(self):
+        _check_rate(self.rate, "rate")
+        if self.output_rate is not None:
+            _check_rate(self.output_rate, "output_rate")
+        for name, rate in self.layer_rates.items():
+            _check_rate(rate, f"layer_rates[{name!r}]")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}; got {self.scope!r}.")
+        if self.target_density is not None and not 0 < self.target_density <= 1:
+            raise ValueError(f"target_density must be in (0, 1]; got {self.target_density!r}.")
+        object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "layer_rates", dict(self.layer_rates))
+
+    def rate_for(self, key, output_layer=None):
+        """The rate for mask `key`, or `None` if the plan skips it."""
+        layer = masking.layer_of(key)
+        if key in self.skip or layer in self.skip:
+            return None
+        for name in (key, layer):
+            if name in self.layer_rates:
+                return self.layer_rates[name]
+        if layer == output_layer and self.output_rate is not None:
+            return self.output_rate
+        return self.rate
+
+    def apply(self, model, scores):
+        """The masks of the next round for a wrapped `model`, given `scores` per mask key."""
+        return self.prune(masking.get_masks(model), scores, output_layer=list(masking.masked_layers(model))[-1])
+
+    def prune(self, masks, scores, output_layer=None):
+        """Pure form of `apply`: removes the lowest-scoring surviving weights.
+
+        Args:
+            masks: `{mask key: 0/1 array}`, the current masks.
+            scores: `{mask key: array}` of the same shapes; higher survives.
+            output_layer: the layer name that `output_rate` applies to.
+
+        Returns:
+            New masks, `{mask key: float32 0/1 array}`. Ties are broken by
+            position, so the result is deterministic.
+        """
+        self._check_names(masks)
+        if set(scores) != set(masks):
+            raise ValueError(f"Scores are for {sorted(scores)}, but the masks are for {sorted(masks)}.")
+        new_masks = {key: np.asarray(mask, np.float32).copy() for key, mask in masks.items()}
+        pooled = []
+        for key in masks:
+            rate = self.rate_for(key, output_layer)
+            if rate is None:
+                continue
+            if self.scope == "global" and rate == self.rate and key not in self.layer_rates:
+                pooled.append(key)
+            else:
+                _prune_together([key], new_masks, scores, rate)
+        if pooled:
+            _prune_together(pooled, new_masks, scores, self.rate)
+        return new_masks
+
+    def _check_names(self, masks):
+        known = set(masks) | {masking.layer_of(key) for key in masks}
+        unknown = sorted((set(self.skip) | set(self.layer_rates)) - known)
+        if unknown:
+            raise ValueError(f"The plan names layers the model does not have: {unknown}. Known: {sorted(known)}.")
+
+
+def _prune_together(keys, masks, scores, rate):
+    """Removes `rate` of the surviving weights of `keys`, ranked together, in place."""
+    alive = np.concatenate([masks[key].ravel() for key in keys]) > 0
+    ranked = np.concatenate([np.asarray(scores[key], np.float64).ravel() for key in keys])
+    count = math.floor(rate * alive.sum() + 0.5)
+    survivors = np.flatnonzero(alive)
+    order = survivors[np.argsort(ranked[survivors], kind="stable")]
+    flat = alive.astype(np.float32)
+    flat[order[:count]] = 0
+    offset = 0
+    for key in keys:
+        size = masks[key].size
+        layer_mask = flat[offset:offset + size].reshape(masks[key].shape)
+        if not layer_mask.any():
+            raise ValueError(
+                f"Pruning {rate:.0%} of the surviving weights would leave '{key}' with no weights. "
+                "Lower the rate for this layer (PruningPlan.layer_rates), skip it (PruningPlan.skip), "
+                "or stop at a higher target_density."
+            )
+        masks[key] = layer_mask
+        offset += size
