@@ -1,0 +1,201 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tf_lottery
+from tf_lottery import datasets, masking, models, storage
+from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, random_masks_like
+
+DATA = datasets.load("digits", seed=0)
+HISTORY_FIELDS = {"round", "density", "layer_density", "test_accuracy", "val_accuracy", "early_stop_iteration",
+                  "early_stop_test_accuracy", "seconds", "train_accuracy", "curve"}
+
+
+def _build():
+    return models.lenet300_100(DATA.input_shape, DATA.num_classes)
+
+
+def _search(run_dir, **kwargs):
+    options = {key: kwargs.pop(key) for key in ("replay_masks_from", "resume", "overwrite") if key in kwargs}
+    config = SearchConfig(**{"rounds": 2, "epochs": 1, "batch_size": 64, **kwargs})
+    return TicketSearch(_build, DATA, config, str(run_dir), verbose=0, **options)
+
+
+def _round_arrays(run_dir, index, name):
+    return storage.read_arrays(os.path.join(run_dir, f"round_{index:03d}", f"{name}.npz"))
+
+
+def _assert_same(a, b):
+    assert set(a) == set(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def ticket_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ticket")
+    return run_dir, _search(run_dir).run()
+
+
+def test_history_and_round_folders_are_written(ticket_run):
+    run_dir, history = ticket_run
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
+    assert HISTORY_FIELDS <= set(history["rounds"][0])
+    assert json.loads((run_dir / "history.json").read_text())["rounds"][2]["density"] == history["rounds"][2]["density"]
+    for index in range(3):
+        names = sorted(os.listdir(run_dir / f"round_{index:03d}"))
+        assert names == ["masks.npz", "metrics.json", "rewind_weights.npz", "trained_weights.npz"]
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["config"]["seed"] == 0 and run["versions"]["keras"] == keras.__version__
+
+
+def test_rounds_prune_hidden_and_output_layers_at_their_rates(ticket_run):
+    _, history = ticket_run
+    layers = history["rounds"][2]["layer_density"]
+    assert layers["fc1/kernel"] == pytest.approx(0.64, abs=1e-3)
+    assert layers["output/kernel"] == pytest.approx(0.81, abs=1e-2)
+    assert history["rounds"][0]["density"] == 1.0 > history["rounds"][1]["density"] > history["rounds"][2]["density"]
+    early = history["rounds"][1]
+    assert early["early_stop_iteration"] in [point["iteration"] for point in early["curve"]]
+
+
+def test_rewinding_to_init_restarts_survivors_from_the_initial_weights(ticket_run):
+    run_dir, _ = ticket_run
+    initial = _round_arrays(run_dir, 0, "rewind_weights")
+    rewound = _round_arrays(run_dir, 2, "rewind_weights")
+    masks = _round_arrays(run_dir, 2, "masks")
+    kernel = next(path for path in initial if path.endswith("fc1/kernel"))
+    np.testing.assert_array_equal(rewound[kernel], initial[kernel] * masks["fc1/kernel"])
+
+
+def test_best_ticket_is_saved_with_its_masks(ticket_run):
+    run_dir, history = ticket_run
+    ticket = keras.models.load_model(run_dir / "best_ticket.keras")
+    _assert_same(tf_lottery.get_masks(ticket), _round_arrays(run_dir, history["best_round"], "masks"))
+
+
+def test_same_seed_gives_identical_masks_and_another_seed_does_not(ticket_run, tmp_path):
+    run_dir, _ = ticket_run
+    _search(tmp_path / "again").run()
+    _assert_same(_round_arrays(tmp_path / "again", 2, "masks"), _round_arrays(run_dir, 2, "masks"))
+    _search(tmp_path / "other", seed=1, rounds=1).run()
+    assert not np.array_equal(_round_arrays(tmp_path / "other", 1, "masks")["fc1/kernel"],
+                              _round_arrays(run_dir, 1, "masks")["fc1/kernel"])
+
+
+def test_resume_continues_from_the_last_round_and_equals_an_uninterrupted_run(ticket_run, tmp_path):
+    run_dir, _ = ticket_run
+    _search(tmp_path, rounds=1).run()
+    history = _search(tmp_path, resume=True).run()
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
+    _assert_same(_round_arrays(tmp_path, 2, "masks"), _round_arrays(run_dir, 2, "masks"))
+    _assert_same(_round_arrays(tmp_path, 2, "trained_weights"), _round_arrays(run_dir, 2, "trained_weights"))
+
+
+@pytest.mark.parametrize("rewind", ["step:5", "epoch:1", "lr", "finetune"])
+def test_every_rewinding_mode_runs(rewind, tmp_path):
+    history = _search(tmp_path, rewind=rewind, rounds=1, epochs=2, lr_schedule="cosine").run()
+    assert len(history["rounds"]) == 2
+    keras.utils.set_random_seed(0)
+    initial = masking.get_weight_values(tf_lottery.wrap(_build()))
+    rewind_point = _round_arrays(tmp_path, 0, "rewind_weights")
+    trained = _round_arrays(tmp_path, 0, "trained_weights")
+    masks = _round_arrays(tmp_path, 1, "masks")["fc1/kernel"]
+    kernel = next(path for path in initial if path.endswith("fc1/kernel"))
+    start = _round_arrays(tmp_path, 1, "rewind_weights")[kernel]
+    if rewind in ("lr", "finetune"):
+        np.testing.assert_array_equal(start, trained[kernel] * masks)
+    else:  # Late rewinding: to the weights captured during round 0, neither initial nor trained.
+        np.testing.assert_array_equal(start, rewind_point[kernel] * masks)
+        assert not np.array_equal(rewind_point[kernel], initial[kernel])
+        assert not np.array_equal(rewind_point[kernel], trained[kernel])
+
+
+def test_controls_replay_the_tickets_densities(ticket_run, tmp_path):
+    run_dir, _ = ticket_run
+    _search(tmp_path / "reinit", control="reinit", replay_masks_from=str(run_dir)).run()
+    _assert_same(_round_arrays(tmp_path / "reinit", 2, "masks"), _round_arrays(run_dir, 2, "masks"))
+    reinit_start = _round_arrays(tmp_path / "reinit", 2, "rewind_weights")
+    ticket_start = _round_arrays(run_dir, 2, "rewind_weights")
+    assert any(not np.array_equal(reinit_start[k], ticket_start[k]) for k in ticket_start)
+    _search(tmp_path / "random", control="random_mask", replay_masks_from=str(run_dir)).run()
+    random_masks = _round_arrays(tmp_path / "random", 2, "masks")
+    ticket_masks = _round_arrays(run_dir, 2, "masks")
+    for key in ticket_masks:
+        assert random_masks[key].sum() == ticket_masks[key].sum()
+    assert not np.array_equal(random_masks["fc1/kernel"], ticket_masks["fc1/kernel"])
+
+
+def test_one_shot_prunes_to_the_target_in_one_round(tmp_path):
+    history = _search(tmp_path, one_shot=True, rounds=None, target_density=0.3).run()
+    assert len(history["rounds"]) == 2
+    assert history["rounds"][1]["density"] <= 0.3
+    assert history["rounds"][1]["density"] > 0.2
+
+
+def test_target_density_stops_the_search(tmp_path):
+    history = _search(tmp_path, rounds=None, target_density=0.7, output_prune_rate=None).run()
+    assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.8, 0.64]
+
+
+def test_compounded_plan_matches_iterated_rounds():
+    masks = {"a/kernel": np.ones((50, 40), np.float32), "output/kernel": np.ones((40, 10), np.float32)}
+    plan = tf_lottery.PruningPlan(rate=0.2, output_rate=0.1)
+    one_shot = compounded_plan(plan, masks, "output", rounds=3).prune(
+        masks, {k: np.ones_like(v) for k, v in masks.items()}, output_layer="output")
+    assert one_shot["a/kernel"].mean() == pytest.approx(0.8 ** 3, abs=1e-3)
+    assert one_shot["output/kernel"].mean() == pytest.approx(0.9 ** 3, abs=3e-3)
+
+
+def test_random_masks_keep_exact_counts():
+    masks = {"a/kernel": (np.arange(100).reshape(10, 10) % 3 == 0).astype(np.float32)}
+    random = random_masks_like(masks, seed=5)
+    assert random["a/kernel"].sum() == masks["a/kernel"].sum()
+    _assert_same(random, random_masks_like(masks, seed=5))
+
+
+def test_an_existing_run_is_never_clobbered(ticket_run):
+    run_dir, _ = ticket_run
+    with pytest.raises(FileExistsError, match="Pass resume to continue it, overwrite to start again"):
+        _search(run_dir).run()
+
+
+def test_resuming_with_another_setup_names_the_difference(ticket_run):
+    run_dir, _ = ticket_run
+    with pytest.raises(ValueError, match=r"prune_rate: run has 0.2, now 0.5"):
+        _search(run_dir, resume=True, prune_rate=0.5).run()
+
+
+def test_a_damaged_round_folder_is_reported_and_kept(tmp_path):
+    _search(tmp_path, rounds=1).run()
+    damaged = tmp_path / "round_001" / "masks.npz"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(storage.CorruptFileError, match=r"round_001 is damaged.*truncated"):
+        _search(tmp_path, resume=True).run()
+    assert damaged.stat().st_size == 100
+
+
+def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
+    run_dir, _ = ticket_run
+    config = SearchConfig(rounds=1, epochs=1)
+    conv = TicketSearch(lambda: models.conv2(DATA.input_shape, DATA.num_classes), DATA, config, str(tmp_path),
+                        replay_masks_from=str(run_dir), verbose=0)
+    with pytest.raises(ValueError, match="belong to another model"):
+        conv.run()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 1, "iterations": 10}, "exactly one of epochs or iterations"),
+    ({"rewind": "later"}, "rewind must be one of"),
+    ({"control": "shuffle"}, r"control must be one of \('reinit', 'random_mask'\)"),
+    ({"prune_rate": 1.2}, r"rate must be a fraction in \(0, 1\)"),
+    ({"rounds": None}, "Give rounds, target_density, or both"),
+    ({"epochs": None, "iterations": 150, "eval_every": 100}, r"iterations \(150\) must be a multiple"),
+    ({"batch_size": 0}, "batch_size must be a positive integer"),
+])
+def test_bad_configurations_fail_with_their_messages(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**{"rounds": 2, "epochs": 5, **kwargs})

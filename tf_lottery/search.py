@@ -1,0 +1,474 @@
+"""Iterative magnitude pruning with rewinding: the ticket search.
+
+Round 0 trains the dense network. Every later round prunes the previous round's
+trained network with the plan, resets the survivors (to the rewind weights, or
+keeps the trained weights for `lr` / `finetune`), and trains again.
+
+Layout of a run directory (every file written atomically, see `storage`):
+
+    run.json              configuration, seed, model and data signature, versions
+    history.json          {"rounds": [metrics of each completed round], "best_round"}
+    round_000/            one folder per completed round (renamed into place when complete)
+        masks.npz         the masks the round trained with
+        rewind_weights.npz the weights its survivors were reset to (for round 0 of a
+                          late-rewinding run: the weights at the rewind point)
+        trained_weights.npz
+        metrics.json
+    best_ticket.keras     the wrapped, trained model of the best round
+
+A process killed at any moment loses at most the round in progress: resuming
+rebuilds the next round from the last complete round folder, and seeds every
+round from (seed, round), so a resumed run equals an uninterrupted one.
+"""
+
+import dataclasses
+import os
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_lottery import criteria, masking, storage
+from tf_lottery.callbacks import LotteryCallback, parse_rewind_point
+from tf_lottery.pruning import SCOPES, PruningPlan
+
+REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
+CONTROLS = ("reinit", "random_mask")
+OPTIMIZERS = ("adam", "sgd", "momentum")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+# Fields that only decide when a search stops: a resumed run may extend or shorten it.
+_STOPPING_FIELDS = ("rounds", "target_density")
+
+
+def _field(default, help, choices=None):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Hyperparameters of a ticket search; each field's metadata carries its help text."""
+
+    rounds: int | None = _field(5, "Pruning rounds after the dense round 0 (None: until target_density).")
+    target_density: float | None = _field(None, "Stop once the global density is at or below this fraction.")
+    prune_rate: float = _field(0.2, "Fraction of surviving weights pruned per round.")
+    output_prune_rate: float | None = _field(0.1, "Rate for the output layer (None: same as prune_rate).")
+    scope: str = _field("layerwise", "Rank weights per layer or globally.", SCOPES)
+    criterion: str = _field("magnitude", "Pruning criterion.", tuple(criteria.CRITERIA))
+    rewind: str = _field("init", f"Where survivors restart each round: {REWIND_MODES}.")
+    control: str | None = _field(None, "Run a control instead of a ticket search.", CONTROLS)
+    one_shot: bool = _field(False, "Prune straight to the target density (or `rounds` rounds' worth) at once.")
+    epochs: int | None = _field(5, "Training epochs per round (exclusive with iterations).")
+    iterations: int | None = _field(None, "Training iterations per round (exclusive with epochs).")
+    eval_every: int | None = _field(None, "Iterations between evaluations (default: one epoch, or 100).")
+    batch_size: int = _field(60, "Training batch size.")
+    optimizer: str = _field("adam", "Optimizer ('momentum': SGD with momentum 0.9).", OPTIMIZERS)
+    learning_rate: float = _field(1.2e-3, "Initial learning rate.")
+    lr_schedule: str = _field("constant", "Learning-rate schedule within a round.", LR_SCHEDULES)
+    seed: int = _field(0, "One seed for initialization, data order, dropout and random masks.")
+
+    def __post_init__(self):
+        self.plan()  # Validates the pruning fields.
+        for field in dataclasses.fields(self):
+            allowed = field.metadata["choices"]
+            value = getattr(self, field.name)
+            if allowed and value not in allowed and not (value is None and field.default is None):
+                raise ValueError(f"{field.name} must be one of {allowed}; got {value!r}.")
+        if self.rewind not in ("init", "lr", "finetune"):
+            try:
+                parse_rewind_point(self.rewind)
+            except ValueError:
+                raise ValueError(f"rewind must be one of {REWIND_MODES}; got {self.rewind!r}.") from None
+        if (self.epochs is None) == (self.iterations is None):
+            raise ValueError("Give exactly one of epochs or iterations per round.")
+        for name in ("rounds", "epochs", "iterations", "eval_every", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        if self.rounds is None and self.target_density is None:
+            raise ValueError("Give rounds, target_density, or both, so the search knows when to stop.")
+        if self.iterations and self.eval_every and self.iterations % self.eval_every:
+            raise ValueError(f"iterations ({self.iterations}) must be a multiple of eval_every ({self.eval_every}).")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive; got {self.learning_rate!r}.")
+
+    def plan(self):
+        """The `PruningPlan` these settings describe."""
+        return PruningPlan(rate=self.prune_rate, output_rate=self.output_prune_rate, scope=self.scope,
+                           target_density=self.target_density)
+
+
+def round_seed(seed, round_index):
+    """The seed of one round, derived from the run's seed."""
+    return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
+
+
+class _Evaluator(keras.callbacks.Callback):
+    """Evaluates validation and test sets every period; finds the early-stopping iteration."""
+
+    def __init__(self, data, batch_size):
+        super().__init__()
+        self.data, self.batch_size = data, batch_size
+        self.curve = []
+
+    def _evaluate(self, x, y):
+        return self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        val = self._evaluate(self.data.x_val, self.data.y_val)
+        test = self._evaluate(self.data.x_test, self.data.y_test)
+        self.curve.append({"iteration": int(self.model.optimizer.iterations), "val_loss": val["loss"],
+                           "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+                           "test_loss": test["loss"]})
+
+
+class TicketSearch:
+    """Runs a ticket search and checkpoints every round.
+
+    Args:
+        build_model: `() -> keras.Model`, an unwrapped Sequential or functional
+            model with freshly initialized weights whose outputs are logits.
+        data: a `tf_lottery.datasets.Dataset` (or anything with its fields).
+        config: a `SearchConfig`.
+        run_dir: the run directory (see the module docstring).
+        replay_masks_from: a run directory whose round masks this run reuses
+            (e.g. to train a control at exactly the ticket's densities).
+        resume: continue the run in `run_dir` from its last complete round.
+        overwrite: delete an existing run in `run_dir` and start again.
+        verbose: 0 silent, 1 one line per round, 2 also Keras' progress bar.
+        tensorboard: write per-round scalars under `run_dir/tensorboard`.
+        wrap_kwargs: passed to `tf_lottery.wrap` (e.g. `skip`).
+    """
+
+    def __init__(self, build_model, data, config, run_dir, *, replay_masks_from=None, resume=False,
+                 overwrite=False, verbose=1, tensorboard=False, wrap_kwargs=None):
+        if resume and overwrite:
+            raise ValueError("Choose resume or overwrite, not both.")
+        if config.one_shot and replay_masks_from:
+            raise ValueError("one_shot and replay_masks_from exclude each other: a replay takes its densities "
+                             "from the replayed run.")
+        self.build_model, self.data, self.config = build_model, data, config
+        self.run_dir, self.replay_masks_from = run_dir, replay_masks_from
+        self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
+        self.tensorboard, self.wrap_kwargs = tensorboard, wrap_kwargs or {}
+        self.plan = config.plan()
+        self.criterion = criteria.get(config.criterion, seed=config.seed)
+
+    # ---------------------------------------------------------------- paths
+
+    def _round_dir(self, index):
+        return os.path.join(self.run_dir, f"round_{index:03d}")
+
+    def _path(self, name):
+        return os.path.join(self.run_dir, name)
+
+    # ------------------------------------------------------------ public API
+
+    def run(self):
+        """Runs (or resumes) the search; returns the history dict."""
+        keras.utils.set_random_seed(self.config.seed)
+        self.model = masking.wrap(self.build_model(), **self.wrap_kwargs)
+        self.initial_weights = masking.get_weight_values(self.model)
+        self.replayed = self._load_replay()
+        history = self._prepare_run_dir()
+        index = len(history["rounds"])
+        if index:
+            self._log(f"Resuming {self.run_dir} after round {index - 1}.")
+        while index <= self._last_round() and not self._reached_target(history):
+            self._start_round(index, self._masks_for(index))
+            history["rounds"].append(self._train_round(index))
+            history["best_round"] = best_round(history["rounds"])
+            storage.write_json(self._path("history.json"), history)
+            index += 1
+        self._save_best_ticket(history)
+        return history
+
+    # ------------------------------------------------------------- run folder
+
+    def _signature(self):
+        return {
+            "model": self.model.name,
+            "weights": {path: list(value.shape) for path, value in self.initial_weights.items()},
+            "dataset": {"name": getattr(self.data, "name", None),
+                        "shapes": {split: list(getattr(self.data, f"x_{split}").shape)
+                                   for split in ("train", "val", "test")}},
+            "replay_masks_from": os.path.abspath(self.replay_masks_from) if self.replay_masks_from else None,
+        }
+
+    def _prepare_run_dir(self):
+        run_file = self._path("run.json")
+        exists = os.path.exists(self.run_dir) and bool(os.listdir(self.run_dir))
+        if exists and self.overwrite:
+            shutil.rmtree(self.run_dir)
+        elif exists and not self.resume:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run. Pass resume to continue it, overwrite to start again, "
+                "or choose another output directory."
+            )
+        if self.resume and os.path.exists(run_file):
+            return self._check_resumable(storage.read_json(run_file))
+        storage.write_json(run_file, {
+            "config": dataclasses.asdict(self.config),
+            "signature": self._signature(),
+            "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
+                         "keras": keras.__version__, "numpy": np.__version__},
+        })
+        return {"rounds": [], "best_round": None}
+
+    def _check_resumable(self, saved):
+        config = dataclasses.asdict(self.config)
+        differences = [f"{key}: run has {saved['config'].get(key)!r}, now {value!r}"
+                       for key, value in config.items()
+                       if key not in _STOPPING_FIELDS and saved["config"].get(key) != value]
+        signature = self._signature()
+        differences += [f"{key}: run has {saved['signature'].get(key)!r}, now {value!r}"
+                        for key, value in signature.items() if saved["signature"].get(key) != value]
+        if differences:
+            raise ValueError(f"Cannot resume {self.run_dir}: it was started with a different setup. "
+                             "Differences: " + "; ".join(differences) +
+                             ". Resume with the original settings, or start a new run.")
+        for name in os.listdir(self.run_dir):
+            if name.startswith("round_") and name.endswith(".partial"):
+                shutil.rmtree(self._path(name))  # An interrupted round: redone from scratch.
+        rounds = []
+        while os.path.isdir(self._round_dir(len(rounds))):
+            rounds.append(self._load_round(len(rounds)))
+        return {"rounds": rounds, "best_round": best_round(rounds)}
+
+    def _load_round(self, index):
+        folder = self._round_dir(index)
+        try:
+            metrics = storage.read_json(os.path.join(folder, "metrics.json"))
+            self._round_state = {
+                "masks": storage.read_arrays(os.path.join(folder, "masks.npz")),
+                "trained": storage.read_arrays(os.path.join(folder, "trained_weights.npz")),
+                "rewind": storage.read_arrays(os.path.join(folder, "rewind_weights.npz")),
+            }
+        except storage.CorruptFileError as error:
+            raise storage.CorruptFileError(
+                f"Round folder {folder} is damaged: {error} It was left as it is; move it away (rounds after it "
+                "too) and resume to redo it."
+            ) from None
+        return metrics
+
+    # ------------------------------------------------------------- the rounds
+
+    def _last_round(self):
+        if self.config.one_shot:
+            return 1
+        if self.replayed is not None:
+            return len(self.replayed) - 1 if self.config.rounds is None else min(len(self.replayed) - 1,
+                                                                                   self.config.rounds)
+        return self.config.rounds if self.config.rounds is not None else sys.maxsize
+
+    def _reached_target(self, history):
+        target = self.config.target_density
+        return bool(history["rounds"]) and target is not None and history["rounds"][-1]["density"] <= target + 1e-9
+
+    def _load_replay(self):
+        if not self.replay_masks_from:
+            return None
+        replayed, index = [], 0
+        while os.path.isdir(os.path.join(self.replay_masks_from, f"round_{index:03d}")):
+            replayed.append(storage.read_arrays(os.path.join(self.replay_masks_from, f"round_{index:03d}",
+                                                             "masks.npz")))
+            index += 1
+        if not replayed:
+            raise FileNotFoundError(f"{self.replay_masks_from} holds no completed rounds to replay masks from.")
+        expected = masking.get_masks(self.model)
+        for masks in replayed:
+            if {k: v.shape for k, v in masks.items()} != {k: v.shape for k, v in expected.items()}:
+                raise ValueError(f"The masks in {self.replay_masks_from} belong to another model "
+                                 f"(keys and shapes differ from {sorted(expected)}).")
+        return replayed
+
+    def _masks_for(self, index):
+        """The masks round `index` trains with."""
+        if index == 0:
+            masks = masking.get_masks(self.model)
+        elif self.replayed is not None:
+            masks = self.replayed[index]
+        else:
+            masks = self._pruned_masks(index)
+        if self.config.control == "random_mask" and index > 0:
+            masks = random_masks_like(masks, round_seed(self.config.seed, index))
+        return masks
+
+    def _pruned_masks(self, index):
+        state = self._round_state
+        final = masking.get_prunable_weights(self.model, state["trained"])
+        initial = masking.get_prunable_weights(self.model, state["rewind"])
+        scores = criteria.score(self.criterion, final, initial)
+        plan = self.plan
+        if self.config.one_shot:
+            plan = compounded_plan(plan, state["masks"], self._output_layer(), self.config.rounds)
+        return plan.prune(state["masks"], scores, output_layer=self._output_layer())
+
+    def _output_layer(self):
+        return list(masking.masked_layers(self.model))[-1]
+
+    def _start_weights(self, index):
+        """The weights round `index` starts from, before its masks are applied."""
+        mode = self.config.rewind
+        if self.config.control == "reinit":
+            keras.utils.set_random_seed(round_seed(self.config.seed + 1, index))
+            return masking.get_weight_values(masking.wrap(self.build_model(), **self.wrap_kwargs))
+        if index == 0:
+            return self.initial_weights
+        if mode in ("lr", "finetune"):
+            return self._round_state["trained"]
+        return self._round_state["rewind"]
+
+    def _start_round(self, index, masks):
+        weights = self._start_weights(index)
+        masking.set_masks(self.model, masks)
+        masking.set_weight_values(self.model, weights)
+
+    def _train_round(self, index):
+        config, started = self.config, time.time()
+        keras.utils.set_random_seed(round_seed(config.seed, index))
+        masks = masking.get_masks(self.model)
+        steps_per_epoch = -(-len(self.data.x_train) // config.batch_size)
+        total = config.iterations or config.epochs * steps_per_epoch
+        period = config.eval_every or (steps_per_epoch if config.epochs else
+                                       (100 if total % 100 == 0 else total))
+        if total % period:
+            raise ValueError(f"The round's {total} iterations are not a multiple of eval_every ({period}).")
+        self.model.compile(optimizer=self._optimizer(index, total), metrics=["accuracy"],
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        late_rewinding = ":" in config.rewind and index == 0
+        lottery = LotteryCallback(config.rewind if late_rewinding else 0)
+        evaluator = _Evaluator(self.data, batch_size=1024)
+        self.model.fit(self._train_dataset(index), epochs=total // period, steps_per_epoch=period,
+                       callbacks=[lottery, evaluator], shuffle=False, verbose=2 if self.verbose >= 2 else 0)
+        trained = masking.get_weight_values(self.model)
+        train = self.model.evaluate(self.data.x_train, self.data.y_train, batch_size=1024, verbose=0,
+                                    return_dict=True)
+        metrics = self._metrics(index, evaluator.curve, train, time.time() - started, total)
+        self._round_state = {"masks": masks, "rewind": lottery.rewind_weights, "trained": trained}
+        self._save_round(index, metrics)
+        self._report(metrics)
+        return metrics
+
+    def _metrics(self, index, curve, train, seconds, iterations):
+        report = masking.sparsity_report(self.model)
+        end = curve[-1]
+        early = min(curve, key=lambda point: point["val_loss"])
+        return {
+            "round": index,
+            "density": report["density"],
+            "layer_density": {key: layer["density"] for key, layer in report["layers"].items()},
+            "remaining_weights": report["remaining"],
+            "iterations": iterations,
+            "train_accuracy": train["accuracy"], "train_loss": train["loss"],
+            "val_accuracy": end["val_accuracy"], "val_loss": end["val_loss"],
+            "test_accuracy": end["test_accuracy"], "test_loss": end["test_loss"],
+            "early_stop_iteration": early["iteration"],
+            "early_stop_val_loss": early["val_loss"],
+            "early_stop_test_accuracy": early["test_accuracy"],
+            "seconds": seconds,
+            "curve": curve,
+        }
+
+    def _optimizer(self, index, total):
+        config = self.config
+        schedule = config.learning_rate
+        if config.lr_schedule == "cosine":
+            schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+            if config.rewind == "finetune" and index > 0:
+                schedule = float(schedule(total))  # Continue at the final learning rate.
+        if config.optimizer == "adam":
+            return keras.optimizers.Adam(schedule)
+        return keras.optimizers.SGD(schedule, momentum=0.9 if config.optimizer == "momentum" else 0.0)
+
+    def _train_dataset(self, index):
+        data = tf.data.Dataset.from_tensor_slices((self.data.x_train, self.data.y_train))
+        data = data.shuffle(len(self.data.x_train), seed=round_seed(self.config.seed, index),
+                            reshuffle_each_iteration=True)
+        return data.repeat().batch(self.config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _save_round(self, index, metrics):
+        final, partial = self._round_dir(index), self._round_dir(index) + ".partial"
+        if os.path.exists(partial):
+            shutil.rmtree(partial)
+        os.makedirs(partial)
+        for name in ("masks", "rewind", "trained"):
+            file = "masks.npz" if name == "masks" else f"{name}_weights.npz"
+            storage.write_arrays(os.path.join(partial, file), self._round_state[name])
+        storage.write_json(os.path.join(partial, "metrics.json"), metrics)
+        os.replace(partial, final)
+        if self.tensorboard:
+            self._write_scalars(metrics)
+
+    def _write_scalars(self, metrics):
+        writer = tf.summary.create_file_writer(self._path("tensorboard"))
+        with writer.as_default(step=metrics["round"]):
+            for name in ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
+                         "early_stop_test_accuracy", "seconds"):
+                tf.summary.scalar(name, metrics[name])
+        writer.close()
+
+    def _save_best_ticket(self, history):
+        best = history["best_round"]
+        if best is None:
+            return
+        folder = self._round_dir(best)
+        masking.set_masks(self.model, storage.read_arrays(os.path.join(folder, "masks.npz")))
+        masking.set_weight_values(self.model, storage.read_arrays(os.path.join(folder, "trained_weights.npz")))
+        with storage.atomic_path(self._path("best_ticket.keras"), ".keras") as temporary:
+            self.model.save(temporary)
+
+    def _report(self, m):
+        self._log(f"round {m['round']:>3}  density {m['density']:8.3%}  test acc {m['test_accuracy']:.4f}  "
+                  f"val acc {m['val_accuracy']:.4f}  early stop {m['early_stop_iteration']:>6} "
+                  f"(test acc {m['early_stop_test_accuracy']:.4f})  {m['seconds']:6.1f} s")
+
+    def _log(self, message):
+        if self.verbose:
+            print(message, flush=True)
+
+
+def best_round(rounds, max_accuracy_drop=0.005):
+    """The sparsest round whose validation accuracy is within `max_accuracy_drop` of round 0's."""
+    if not rounds:
+        return None
+    floor = rounds[0]["val_accuracy"] - max_accuracy_drop
+    eligible = [r for r in rounds if r["val_accuracy"] >= floor]
+    return min(eligible, key=lambda r: r["density"])["round"]
+
+
+def random_masks_like(masks, seed):
+    """Random masks with exactly the per-key number of ones of `masks`."""
+    rng = np.random.default_rng(seed)
+    result = {}
+    for key in sorted(masks):
+        mask = np.asarray(masks[key])
+        flat = np.zeros(mask.size, np.float32)
+        flat[rng.choice(mask.size, size=int(mask.sum()), replace=False)] = 1
+        result[key] = flat.reshape(mask.shape)
+    return result
+
+
+def compounded_plan(plan, masks, output_layer, rounds=None):
+    """A plan that prunes in one step what `plan` prunes in several rounds.
+
+    The number of rounds is `rounds`, or (if None) the fewest that bring the
+    global density to `plan.target_density`.
+    """
+    if rounds is None:
+        rounds, simulated = 0, masks
+        ones = {key: np.ones_like(mask) for key, mask in masks.items()}
+        while sum(m.sum() for m in simulated.values()) / sum(m.size for m in simulated.values()) > \
+                plan.target_density + 1e-9:
+            simulated = plan.prune(simulated, ones, output_layer=output_layer)
+            rounds += 1
+    layer_rates = {}
+    for key in masks:
+        rate = plan.rate_for(key, output_layer)
+        if rate is not None and rate != plan.rate:
+            layer_rates[key] = 1 - (1 - rate) ** rounds
+    return dataclasses.replace(plan, rate=1 - (1 - plan.rate) ** rounds, output_rate=None, layer_rates=layer_rates)
