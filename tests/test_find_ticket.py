@@ -1,0 +1,74 @@
+"""End-to-end tests of examples/find_ticket.py, run as a user runs it."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tf_lottery import storage
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BINARY = [sys.executable, str(ROOT / "examples" / "find_ticket.py")]
+ARGS = ["--dataset=digits", "--epochs=3", "--batch_size=32"]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(*args, check=True):
+    return subprocess.run([*BINARY, *ARGS, *args], capture_output=True, text=True, env=ENV, timeout=600,
+                          check=check)
+
+
+def _masks(run_dir, index):
+    return storage.read_arrays(os.path.join(run_dir, f"round_{index:03d}", "masks.npz"))
+
+
+def test_binary_writes_the_documented_history(tmp_path):
+    result = _run(f"--output_dir={tmp_path}", "--rounds=2")
+    history = json.loads((tmp_path / "history.json").read_text())
+    fields = {"round", "density", "layer_density", "test_accuracy", "val_accuracy", "early_stop_iteration",
+              "early_stop_test_accuracy", "seconds"}
+    assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
+    assert all(fields <= set(r) for r in history["rounds"])
+    assert f"History: {tmp_path / 'history.json'}" in result.stdout
+    assert "best_ticket.keras" in result.stdout
+    assert result.stdout.count("density") == 3  # One progress line per round.
+
+
+def test_wrong_flags_get_a_usage_error_with_the_allowed_values(tmp_path):
+    result = _run(f"--output_dir={tmp_path}", "--scope=local", check=False)
+    assert result.returncode != 0
+    assert "value should be one of <layerwise|global>" in result.stderr
+    result = _run(f"--output_dir={tmp_path}", "--iterations=10", "--epochs=2", check=False)
+    assert result.returncode != 0 and "exactly one of epochs or iterations" in result.stderr
+
+
+def test_a_run_killed_mid_round_resumes_to_the_same_masks(tmp_path):
+    uninterrupted, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(f"--output_dir={uninterrupted}", "--rounds=3")
+
+    process = subprocess.Popen([*BINARY, *ARGS, f"--output_dir={killed}", "--rounds=3"], env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (killed / "round_000").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # Into round 1's training.
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert (killed / "round_000").is_dir() and not (killed / "round_001").exists(), "not killed mid-round"
+
+    result = _run(f"--output_dir={killed}", "--rounds=3", "--resume")
+    assert "Resuming" in result.stdout and "after round 0" in result.stdout
+    for index in range(4):
+        whole, resumed = _masks(uninterrupted, index), _masks(killed, index)
+        for key in whole:
+            np.testing.assert_array_equal(resumed[key], whole[key], err_msg=f"round {index} {key}")
+    assert not any(name.endswith(".partial") for name in os.listdir(killed))
