@@ -199,3 +199,21 @@ def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
 def test_bad_configurations_fail_with_their_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SearchConfig(**{"rounds": 2, "epochs": 5, **kwargs})
+
+
+def test_resume_is_exact_for_models_with_dropout(tmp_path):
+    def build():
+        inputs = keras.Input(DATA.input_shape)
+        x = keras.layers.Dense(32, activation="relu", name="fc1")(keras.layers.Flatten()(inputs))
+        x = keras.layers.Dropout(0.5)(x)
+        return keras.Model(inputs, keras.layers.Dense(DATA.num_classes, name="output")(x))
+
+    def search(run_dir, rounds, resume=False):
+        config = SearchConfig(rounds=rounds, epochs=1, batch_size=64)
+        return TicketSearch(build, DATA, config, str(run_dir), resume=resume, verbose=0).run()
+
+    search(tmp_path / "whole", 2)
+    search(tmp_path / "split", 1)
+    search(tmp_path / "split", 2, resume=True)
+    _assert_same(_round_arrays(tmp_path / "split", 2, "trained_weights"),
+                 _round_arrays(tmp_path / "whole", 2, "trained_weights"))

@@ -191,7 +191,6 @@ class TicketSearch:
 
     def _signature(self):
         return {
-            "model": self.model.name,
             "weights": {path: list(value.shape) for path, value in self.initial_weights.items()},
             "dataset": {"name": getattr(self.data, "name", None),
                         "shapes": {split: list(getattr(self.data, f"x_{split}").shape)
@@ -330,7 +329,7 @@ class TicketSearch:
 
     def _train_round(self, index):
         config, started = self.config, time.time()
-        keras.utils.set_random_seed(round_seed(config.seed, index))
+        self._reseed(round_seed(config.seed, index))
         masks = masking.get_masks(self.model)
         steps_per_epoch = -(-len(self.data.x_train) // config.batch_size)
         total = config.iterations or config.epochs * steps_per_epoch
@@ -353,6 +352,14 @@ class TicketSearch:
         self._save_round(index, metrics)
         self._report(metrics)
         return metrics
+
+    def _reseed(self, seed):
+        """Seeds the global generators and every layer's own (dropout, noise), so a round's
+        randomness depends only on (seed, round), not on the rounds run before it in this process."""
+        keras.utils.set_random_seed(seed)
+        generators = [g for layer in self.model._flatten_layers() for g in layer._seed_generators]
+        for offset, generator in enumerate(generators):
+            generator.state.assign(np.array([seed % 2**31, offset], dtype=generator.state.dtype))
 
     def _metrics(self, index, curve, train, seconds, iterations):
         report = masking.sparsity_report(self.model)
