@@ -27,7 +27,7 @@ flags.DEFINE_string("replay_masks_from", None, "Run directory whose round masks 
 flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last complete round.")
 flags.DEFINE_boolean("overwrite", False, "Delete an existing run in --output_dir and start again.")
 flags.DEFINE_boolean("tensorboard", False, "Write per-round scalars to --output_dir/tensorboard.")
-flags.DEFINE_integer("verbose", 1, "0: silent, 1: one line per round, 2: also Keras' per-evaluation lines.")
+flags.DEFINE_enum("verbose", "1", ["0", "1"], "0: silent; 1: Keras' progress bar and one line per round.")
 cli.define_flags(SearchConfig)
 FLAGS = flags.FLAGS
 
@@ -48,7 +48,7 @@ def main(argv):
           f"{len(data.x_test)} test images.")
     search = TicketSearch(lambda: build(data.input_shape, data.num_classes), data, config, FLAGS.output_dir,
                           replay_masks_from=FLAGS.replay_masks_from, resume=FLAGS.resume,
-                          overwrite=FLAGS.overwrite, verbose=FLAGS.verbose, tensorboard=FLAGS.tensorboard)
+                          overwrite=FLAGS.overwrite, verbose=int(FLAGS.verbose), tensorboard=FLAGS.tensorboard)
     history = search.run()
     print(f"History: {os.path.join(FLAGS.output_dir, 'history.json')}")
     best = history["best_round"]

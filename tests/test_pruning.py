@@ -110,3 +110,12 @@ def test_apply_prunes_a_wrapped_model_and_finds_its_output_layer():
     masks = PruningPlan(rate=0.2, output_rate=0.1).apply(model, scores)
     assert _density(masks["fc1/kernel"]) == pytest.approx(0.8)
     assert _density(masks["output/kernel"]) == pytest.approx(0.9)
+
+
+def test_nan_scores_from_diverged_weights_are_an_error():
+    masks, scores = _masks_and_scores()
+    scores["fc2/kernel"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"'fc2/kernel' contain NaN: the weights diverged.*Lower the learning rate"):
+        PruningPlan().prune(masks, scores)
+    with pytest.raises(ValueError, match="have shape"):
+        PruningPlan().prune(masks, {**scores, "fc2/kernel": np.ones(3)})

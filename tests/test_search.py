@@ -4,6 +4,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tf_lottery
 from tf_lottery import datasets, masking, models, storage
@@ -217,3 +218,13 @@ def test_resume_is_exact_for_models_with_dropout(tmp_path):
     search(tmp_path / "split", 2, resume=True)
     _assert_same(_round_arrays(tmp_path / "split", 2, "trained_weights"),
                  _round_arrays(tmp_path / "whole", 2, "trained_weights"))
+
+
+def test_tensorboard_gets_one_scalar_per_round(tmp_path):
+    config = SearchConfig(rounds=1, epochs=1, batch_size=64)
+    TicketSearch(_build, DATA, config, str(tmp_path), verbose=0, tensorboard=True).run()
+    densities = [value.simple_value if value.HasField("simple_value") else float(tf.make_ndarray(value.tensor))
+                 for path in (tmp_path / "tensorboard").iterdir()
+                 for event in tf.compat.v1.train.summary_iterator(str(path))
+                 for value in event.summary.value if value.tag == "density"]
+    assert densities[0] == 1.0 and len(densities) == 2 and densities[1] < 1.0

@@ -84,6 +84,12 @@ class PruningPlan:
         self._check_names(masks)
         if set(scores) != set(masks):
             raise ValueError(f"Scores are for {sorted(scores)}, but the masks are for {sorted(masks)}.")
+        for key, value in scores.items():
+            if np.shape(value) != np.shape(masks[key]):
+                raise ValueError(f"Scores for '{key}' have shape {np.shape(value)}, the mask {np.shape(masks[key])}.")
+            if np.isnan(value).any():
+                raise ValueError(f"Scores for '{key}' contain NaN: the weights diverged during training. "
+                                 "Lower the learning rate or check the data, then run the round again.")
         new_masks = {key: np.asarray(mask, np.float32).copy() for key, mask in masks.items()}
         pooled = []
         for key in masks:

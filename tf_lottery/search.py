@@ -139,7 +139,7 @@ class TicketSearch:
             (e.g. to train a control at exactly the ticket's densities).
         resume: continue the run in `run_dir` from its last complete round.
         overwrite: delete an existing run in `run_dir` and start again.
-        verbose: 0 silent, 1 one line per round, 2 also Keras' progress bar.
+        verbose: 0 silent; 1 Keras' progress bar and one line per round.
         tensorboard: write per-round scalars under `run_dir/tensorboard`.
         wrap_kwargs: passed to `tf_lottery.wrap` (e.g. `skip`).
     """
@@ -343,7 +343,7 @@ class TicketSearch:
         lottery = LotteryCallback(config.rewind if late_rewinding else 0)
         evaluator = _Evaluator(self.data, batch_size=1024)
         self.model.fit(self._train_dataset(index), epochs=total // period, steps_per_epoch=period,
-                       callbacks=[lottery, evaluator], shuffle=False, verbose=2 if self.verbose >= 2 else 0)
+                       callbacks=[lottery, evaluator], shuffle=False, verbose=self.verbose)
         trained = masking.get_weight_values(self.model)
         train = self.model.evaluate(self.data.x_train, self.data.y_train, batch_size=1024, verbose=0,
                                     return_dict=True)
