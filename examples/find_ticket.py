@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from tf_lottery import cli, datasets, models
+from tf_lottery import cli, datasets, distribute, models
 from tf_lottery.search import SearchConfig, TicketSearch
 
 flags.DEFINE_enum("model", "lenet300_100", sorted(models.MODELS), "Network to prune.")
@@ -26,6 +26,7 @@ flags.DEFINE_string("output_dir", "runs/find_ticket", "Run directory: checkpoint
 flags.DEFINE_string("replay_masks_from", None, "Run directory whose round masks to reuse (for controls).")
 flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last complete round.")
 flags.DEFINE_boolean("overwrite", False, "Delete an existing run in --output_dir and start again.")
+flags.DEFINE_string("strategy", "default", f"tf.distribute strategy: one of {distribute.STRATEGIES}.")
 flags.DEFINE_boolean("tensorboard", False, "Write per-round scalars to --output_dir/tensorboard.")
 flags.DEFINE_enum("verbose", "1", ["0", "1"], "0: silent; 1: Keras' progress bar and one line per round.")
 cli.define_flags(SearchConfig)
@@ -39,6 +40,7 @@ def main(argv):
     if FLAGS.iterations is not None and not FLAGS["epochs"].present:
         overrides["epochs"] = None  # --iterations replaces the default epoch count.
     try:
+        strategy = distribute.strategy_from_flag(FLAGS.strategy)
         config = cli.config_from_flags(SearchConfig, **overrides)
         data = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir, seed=config.seed)
     except ValueError as error:
@@ -48,11 +50,12 @@ def main(argv):
           f"{len(data.x_test)} test images.")
     search = TicketSearch(lambda: build(data.input_shape, data.num_classes), data, config, FLAGS.output_dir,
                           replay_masks_from=FLAGS.replay_masks_from, resume=FLAGS.resume,
-                          overwrite=FLAGS.overwrite, verbose=int(FLAGS.verbose), tensorboard=FLAGS.tensorboard)
+                          overwrite=FLAGS.overwrite, verbose=int(FLAGS.verbose), tensorboard=FLAGS.tensorboard,
+                          strategy=strategy)
     history = search.run()
-    print(f"History: {os.path.join(FLAGS.output_dir, 'history.json')}")
+    print(f"History: {os.path.join(search.write_dir, 'history.json')}")
     best = history["best_round"]
-    if best is not None:
+    if best is not None and search.chief:
         density = history["rounds"][best]["density"]
         print(f"Best ticket: round {best} ({density:.1%} of weights remaining): "
               f"{os.path.join(FLAGS.output_dir, 'best_ticket.keras')}")

@@ -31,7 +31,7 @@ class Recorder(keras.callbacks.Callback):
         self.after_step, self.after_epoch = {}, {}
 
     def on_train_batch_end(self, batch, logs=None):
-        self.after_step[int(self.model.optimizer.iterations)] = masking.get_weight_values(self.model)
+        self.after_step[int(self.model.optimizer.iterations.numpy())] = masking.get_weight_values(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         self.after_epoch[epoch + 1] = masking.get_weight_values(self.model)

@@ -57,7 +57,7 @@ class LotteryCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.rewind_weights is not None or self.rewind_unit != "step":
             return
-        step = int(self.model.optimizer.iterations)
+        step = int(self.model.optimizer.iterations.numpy())
         if step == self.rewind_count:
             self._capture()
         elif step > self.rewind_count:

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, masking, storage
+from tf_lottery import criteria, distribute, masking, storage
 from tf_lottery.callbacks import LotteryCallback, parse_rewind_point
 from tf_lottery.pruning import SCOPES, PruningPlan
 
@@ -70,6 +70,7 @@ class SearchConfig:
     learning_rate: float = _field(1.2e-3, "Initial learning rate.")
     lr_schedule: str = _field("constant", "Learning-rate schedule within a round.", LR_SCHEDULES)
     seed: int = _field(0, "One seed for initialization, data order, dropout and random masks.")
+    jit_compile: bool = _field(False, "Compile the train step with XLA (the path TPUs take).")
 
     def __post_init__(self):
         self.plan()  # Validates the pruning fields.
@@ -110,18 +111,15 @@ def round_seed(seed, round_index):
 class _Evaluator(keras.callbacks.Callback):
     """Evaluates validation and test sets every period; finds the early-stopping iteration."""
 
-    def __init__(self, data, batch_size):
+    def __init__(self, data, evaluate):
         super().__init__()
-        self.data, self.batch_size = data, batch_size
+        self.data, self.evaluate = data, evaluate
         self.curve = []
 
-    def _evaluate(self, x, y):
-        return self.model.evaluate(x, y, batch_size=self.batch_size, verbose=0, return_dict=True)
-
     def on_epoch_end(self, epoch, logs=None):
-        val = self._evaluate(self.data.x_val, self.data.y_val)
-        test = self._evaluate(self.data.x_test, self.data.y_test)
-        self.curve.append({"iteration": int(self.model.optimizer.iterations), "val_loss": val["loss"],
+        val = self.evaluate(self.data.x_val, self.data.y_val)
+        test = self.evaluate(self.data.x_test, self.data.y_test)
+        self.curve.append({"iteration": int(self.model.optimizer.iterations.numpy()), "val_loss": val["loss"],
                            "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
                            "test_loss": test["loss"]})
 
@@ -142,10 +140,12 @@ class TicketSearch:
         verbose: 0 silent; 1 Keras' progress bar and one line per round.
         tensorboard: write per-round scalars under `run_dir/tensorboard`.
         wrap_kwargs: passed to `tf_lottery.wrap` (e.g. `skip`).
+        strategy: a `tf.distribute.Strategy` (see `tf_lottery.distribute`);
+            `config.batch_size` is the global batch. Default: the current one.
     """
 
     def __init__(self, build_model, data, config, run_dir, *, replay_masks_from=None, resume=False,
-                 overwrite=False, verbose=1, tensorboard=False, wrap_kwargs=None):
+                 overwrite=False, verbose=1, tensorboard=False, wrap_kwargs=None, strategy=None):
         if resume and overwrite:
             raise ValueError("Choose resume or overwrite, not both.")
         if config.one_shot and replay_masks_from:
@@ -155,23 +155,26 @@ class TicketSearch:
         self.run_dir, self.replay_masks_from = run_dir, replay_masks_from
         self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
         self.tensorboard, self.wrap_kwargs = tensorboard, wrap_kwargs or {}
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.plan = config.plan()
         self.criterion = criteria.get(config.criterion, seed=config.seed)
 
     # ---------------------------------------------------------------- paths
 
-    def _round_dir(self, index):
-        return os.path.join(self.run_dir, f"round_{index:03d}")
+    def _round_dir(self, index, root=None):
+        return os.path.join(root or self.run_dir, f"round_{index:03d}")
 
-    def _path(self, name):
-        return os.path.join(self.run_dir, name)
+    def _path(self, name, root=None):
+        return os.path.join(root or self.run_dir, name)
 
     # ------------------------------------------------------------ public API
 
     def run(self):
         """Runs (or resumes) the search; returns the history dict."""
+        self.write_dir = distribute.writable_dir(self.run_dir, self.strategy)
+        self.chief = self.write_dir == self.run_dir
         keras.utils.set_random_seed(self.config.seed)
-        self.model = masking.wrap(self.build_model(), **self.wrap_kwargs)
+        self.model = self._build_wrapped()
         self.initial_weights = masking.get_weight_values(self.model)
         self.replayed = self._load_replay()
         history = self._prepare_run_dir()
@@ -182,7 +185,7 @@ class TicketSearch:
             self._start_round(index, self._masks_for(index))
             history["rounds"].append(self._train_round(index))
             history["best_round"] = best_round(history["rounds"])
-            storage.write_json(self._path("history.json"), history)
+            storage.write_json(self._path("history.json", self.write_dir), history)
             index += 1
         self._save_best_ticket(history)
         return history
@@ -201,6 +204,10 @@ class TicketSearch:
     def _prepare_run_dir(self):
         run_file = self._path("run.json")
         exists = os.path.exists(self.run_dir) and bool(os.listdir(self.run_dir))
+        if not self.chief:
+            if self.resume and os.path.exists(run_file):
+                return self._check_resumable(storage.read_json(run_file))
+            return {"rounds": [], "best_round": None}  # The chief checks and prepares the run directory.
         if exists and self.overwrite:
             shutil.rmtree(self.run_dir)
         elif exists and not self.resume:
@@ -230,7 +237,7 @@ class TicketSearch:
             raise ValueError(f"Cannot resume {self.run_dir}: it was started with a different setup. "
                              "Differences: " + "; ".join(differences) +
                              ". Resume with the original settings, or start a new run.")
-        for name in os.listdir(self.run_dir):
+        for name in os.listdir(self.run_dir) if self.chief else ():
             if name.startswith("round_") and name.endswith(".partial"):
                 shutil.rmtree(self._path(name))  # An interrupted round: redone from scratch.
         rounds = []
@@ -307,6 +314,10 @@ class TicketSearch:
             plan = compounded_plan(plan, state["masks"], self._output_layer(), self.config.rounds)
         return plan.prune(state["masks"], scores, output_layer=self._output_layer())
 
+    def _build_wrapped(self):
+        with self.strategy.scope():
+            return masking.wrap(self.build_model(), **self.wrap_kwargs)
+
     def _output_layer(self):
         return list(masking.masked_layers(self.model))[-1]
 
@@ -315,7 +326,7 @@ class TicketSearch:
         mode = self.config.rewind
         if self.config.control == "reinit":
             keras.utils.set_random_seed(round_seed(self.config.seed + 1, index))
-            return masking.get_weight_values(masking.wrap(self.build_model(), **self.wrap_kwargs))
+            return masking.get_weight_values(self._build_wrapped())
         if index == 0:
             return self.initial_weights
         if mode in ("lr", "finetune"):
@@ -337,21 +348,32 @@ class TicketSearch:
                                        (100 if total % 100 == 0 else total))
         if total % period:
             raise ValueError(f"The round's {total} iterations are not a multiple of eval_every ({period}).")
-        self.model.compile(optimizer=self._optimizer(index, total), metrics=["accuracy"],
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         late_rewinding = ":" in config.rewind and index == 0
         lottery = LotteryCallback(config.rewind if late_rewinding else 0)
-        evaluator = _Evaluator(self.data, batch_size=1024)
-        self.model.fit(self._train_dataset(index), epochs=total // period, steps_per_epoch=period,
-                       callbacks=[lottery, evaluator], shuffle=False, verbose=self.verbose)
+        evaluator = _Evaluator(self.data, self._evaluate)
+        with self.strategy.scope():
+            self.model.compile(optimizer=self._optimizer(index, total), metrics=["accuracy"],
+                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                               jit_compile=config.jit_compile)
+            fit_kwargs = dict(epochs=total // period, steps_per_epoch=period, callbacks=[lottery, evaluator])
+            if distribute.is_multi_worker(self.strategy):
+                distribute.fit_with_strategy_run(self.model, self._train_dataset(index, total),
+                                                 strategy=self.strategy, **fit_kwargs)
+            else:
+                self.model.fit(self._train_dataset(index, total), shuffle=False, verbose=self.verbose,
+                               **fit_kwargs)
         trained = masking.get_weight_values(self.model)
-        train = self.model.evaluate(self.data.x_train, self.data.y_train, batch_size=1024, verbose=0,
-                                    return_dict=True)
+        train = self._evaluate(self.data.x_train, self.data.y_train)
         metrics = self._metrics(index, evaluator.curve, train, time.time() - started, total)
         self._round_state = {"masks": masks, "rewind": lottery.rewind_weights, "trained": trained}
         self._save_round(index, metrics)
         self._report(metrics)
         return metrics
+
+    def _evaluate(self, images, labels):
+        if distribute.is_multi_worker(self.strategy):
+            return distribute.evaluate_locally(self.model, images, labels)
+        return self.model.evaluate(images, labels, batch_size=1024, verbose=0, return_dict=True)
 
     def _reseed(self, seed):
         """Seeds the global generators and every layer's own (dropout, noise), so a round's
@@ -392,14 +414,24 @@ class TicketSearch:
             return keras.optimizers.Adam(schedule)
         return keras.optimizers.SGD(schedule, momentum=0.9 if config.optimizer == "momentum" else 0.0)
 
-    def _train_dataset(self, index):
-        data = tf.data.Dataset.from_tensor_slices((self.data.x_train, self.data.y_train))
-        data = data.shuffle(len(self.data.x_train), seed=round_seed(self.config.seed, index),
-                            reshuffle_each_iteration=True)
-        return data.repeat().batch(self.config.batch_size).prefetch(tf.data.AUTOTUNE)
+    def _train_dataset(self, index, steps):
+        """Batches for `steps` steps, in an order drawn with NumPy from (seed, round).
+
+        The order is fixed before `tf.data` sees it, so it is the same under every
+        `tf.distribute` strategy (a strategy rebuilds the pipeline, which re-seeds
+        `Dataset.shuffle`); each replica gathers its share of the global batch.
+        """
+        count, batch = len(self.data.x_train), self.config.batch_size
+        rng = np.random.default_rng(round_seed(self.config.seed, index))
+        order = np.concatenate([rng.permutation(count) for _ in range(-(-steps * batch // count))])
+        images, labels = tf.constant(self.data.x_train), tf.constant(self.data.y_train)
+        return (tf.data.Dataset.from_tensor_slices(order[: steps * batch]).batch(batch)
+                .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
 
     def _save_round(self, index, metrics):
-        final, partial = self._round_dir(index), self._round_dir(index) + ".partial"
+        final = self._round_dir(index, self.write_dir)
+        partial = final + ".partial"
         if os.path.exists(partial):
             shutil.rmtree(partial)
         os.makedirs(partial)
@@ -412,7 +444,7 @@ class TicketSearch:
             self._write_scalars(metrics)
 
     def _write_scalars(self, metrics):
-        writer = tf.summary.create_file_writer(self._path("tensorboard"))
+        writer = tf.summary.create_file_writer(self._path("tensorboard", self.write_dir))
         with writer.as_default(step=metrics["round"]):
             for name in ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
                          "early_stop_test_accuracy", "seconds"):
@@ -421,7 +453,7 @@ class TicketSearch:
 
     def _save_best_ticket(self, history):
         best = history["best_round"]
-        if best is None:
+        if best is None or not self.chief:
             return
         folder = self._round_dir(best)
         masking.set_masks(self.model, storage.read_arrays(os.path.join(folder, "masks.npz")))
