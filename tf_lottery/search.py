@@ -41,6 +41,9 @@ OPTIMIZERS = ("adam", "sgd", "momentum")
 LR_SCHEDULES = ("constant", "cosine")
 
 
+# The arrays of a round's state and their files in its folder.
+_ROUND_FILES = {"masks": "masks.npz", "rewind": "rewind_weights.npz", "trained": "trained_weights.npz"}
+
 # Fields that only decide when a search stops: a resumed run may extend or shorten it.
 _STOPPING_FIELDS = ("rounds", "target_density")
 
@@ -249,11 +252,8 @@ class TicketSearch:
         folder = self._round_dir(index)
         try:
             metrics = storage.read_json(os.path.join(folder, "metrics.json"))
-            self._round_state = {
-                "masks": storage.read_arrays(os.path.join(folder, "masks.npz")),
-                "trained": storage.read_arrays(os.path.join(folder, "trained_weights.npz")),
-                "rewind": storage.read_arrays(os.path.join(folder, "rewind_weights.npz")),
-            }
+            self._round_state = {name: storage.read_arrays(os.path.join(folder, file))
+                                 for name, file in _ROUND_FILES.items()}
         except storage.CorruptFileError as error:
             raise storage.CorruptFileError(
                 f"Round folder {folder} is damaged: {error} It was left as it is; move it away (rounds after it "
@@ -435,8 +435,7 @@ class TicketSearch:
         if os.path.exists(partial):
             shutil.rmtree(partial)
         os.makedirs(partial)
-        for name in ("masks", "rewind", "trained"):
-            file = "masks.npz" if name == "masks" else f"{name}_weights.npz"
+        for name, file in _ROUND_FILES.items():
             storage.write_arrays(os.path.join(partial, file), self._round_state[name])
         storage.write_json(os.path.join(partial, "metrics.json"), metrics)
         os.replace(partial, final)
@@ -456,8 +455,8 @@ class TicketSearch:
         if best is None or not self.chief:
             return
         folder = self._round_dir(best)
-        masking.set_masks(self.model, storage.read_arrays(os.path.join(folder, "masks.npz")))
-        masking.set_weight_values(self.model, storage.read_arrays(os.path.join(folder, "trained_weights.npz")))
+        masking.set_masks(self.model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["masks"])))
+        masking.set_weight_values(self.model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["trained"])))
         with storage.atomic_path(self._path("best_ticket.keras"), ".keras") as temporary:
             self.model.save(temporary)
 
