@@ -451,13 +451,15 @@ class TicketSearch:
         writer.close()
 
     def _save_best_ticket(self, history):
-        best = history["best_round"]
-        if best is None or not self.chief:
-            return
-        folder = self._round_dir(best)
+        if history["best_round"] is not None and self.chief:
+            self.save_ticket(history["best_round"], self._path("best_ticket.keras"))
+
+    def save_ticket(self, index, path):
+        """Saves the wrapped, trained network of completed round `index` as a `.keras` file, atomically."""
+        folder = self._round_dir(index)
         masking.set_masks(self.model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["masks"])))
         masking.set_weight_values(self.model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["trained"])))
-        with storage.atomic_path(self._path("best_ticket.keras"), ".keras") as temporary:
+        with storage.atomic_path(path, ".keras") as temporary:
             self.model.save(temporary)
 
     def _report(self, m):
