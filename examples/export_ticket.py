@@ -1,0 +1,74 @@
+"""Exports a ticket from a search run as a SavedModel and TFLite files, and prints their sizes.
+
+    python examples/export_ticket.py --run_dir=runs/lenet --output_dir=runs/lenet/export
+
+The ticket is the round given by --round, or else the sparsest round whose
+validation accuracy is within --max_accuracy_drop of the dense round 0. The
+run's dataset (from run.json) provides the inputs for int8 calibration, PQAT
+fine-tuning and the parity checks. --output_dir receives `saved_model/`, one
+`<variant>.tflite` per --variants entry (see `tf_lottery.export.VARIANTS`) and
+`export_report.json` (sizes, density, parity of every file).
+"""
+
+import os
+
+from absl import app, flags
+
+from tf_lottery import datasets, export, search, storage
+
+flags.DEFINE_string("run_dir", None, "A ticket-search run directory (examples/find_ticket.py --output_dir).")
+flags.DEFINE_integer("round", None, "Round to export (default: the best round within --max_accuracy_drop).",
+                     lower_bound=0)
+flags.DEFINE_float("max_accuracy_drop", 0.005, "Largest validation-accuracy drop from round 0 for the default "
+                   "round, as a fraction (0.005 = half a point).", lower_bound=0)
+flags.DEFINE_string("output_dir", None, "Folder for the exported files and export_report.json.")
+flags.DEFINE_string("data_dir", None, "Folder holding the run's dataset files, for datasets that need them.")
+flags.DEFINE_list("variants", list(export.VARIANTS), f"TFLite files to write, from {list(export.VARIANTS)}.")
+flags.mark_flags_as_required(["run_dir", "output_dir"])
+flags.register_validator("variants", lambda names: bool(names) and set(names) <= set(export.VARIANTS),
+                         f"--variants must be a non-empty subset of {list(export.VARIANTS)}.")
+FLAGS = flags.FLAGS
+
+
+def _load_run():
+    """(the round's wrapped model, its metrics, its dataset) from --run_dir and the flags."""
+    run = storage.read_json(os.path.join(FLAGS.run_dir, "run.json"))
+    rounds = storage.read_json(os.path.join(FLAGS.run_dir, "history.json"))["rounds"]
+    if not rounds:
+        raise app.UsageError(f"{FLAGS.run_dir} has no completed round yet.")
+    index = FLAGS.round if FLAGS.round is not None else search.best_round(rounds, FLAGS.max_accuracy_drop)
+    if index >= len(rounds):
+        raise app.UsageError(f"--round={index}, but {FLAGS.run_dir} has rounds 0 to {len(rounds) - 1}.")
+    dataset = run["signature"]["dataset"]
+    data = datasets.load(dataset["name"], data_dir=FLAGS.data_dir, seed=run["config"]["seed"])
+    if list(data.x_train.shape) != dataset["shapes"]["train"]:
+        raise app.UsageError(f"The {dataset['name']} data found has training inputs of shape "
+                             f"{list(data.x_train.shape)}, the run used {dataset['shapes']['train']}; "
+                             "point --data_dir at the run's data.")
+    return export.load_ticket(FLAGS.run_dir, index), rounds[index], data
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    model, metrics, data = _load_run()
+    print(f"Round {metrics['round']}: {metrics['density']:.2%} of weights remaining, validation accuracy "
+          f"{metrics['val_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}.")
+    sample = data.x_train[:export.PARITY_SAMPLES]
+    entries = {"saved_model": export.export_saved_model(model, os.path.join(FLAGS.output_dir, "saved_model"),
+                                                        representative_data=sample)}
+    for variant in FLAGS.variants:
+        entries[f"{variant}.tflite"] = export.export_tflite(
+            model, os.path.join(FLAGS.output_dir, f"{variant}.tflite"), representative_data=sample,
+            **export.VARIANTS[variant])
+    baseline = entries.get("float.tflite", {}).get("bytes")
+    print(f"{'file':<20} {'bytes':>10} {'gzip bytes':>11} {'x float':>8} {'top-1 agreement':>16}")
+    for name, entry in entries.items():
+        ratio = f"{entry['bytes'] / baseline:.3f}" if baseline and name.endswith(".tflite") else "-"
+        print(f"{name:<20} {entry['bytes']:>10,} {entry['gzip_bytes']:>11,} {ratio:>8} "
+              f"{entry['parity']['top1_agreement']:>16.2%}")
+    print(f"Report: {os.path.join(FLAGS.output_dir, export.REPORT_NAME)}")
+
+
+if __name__ == "__main__":
+    app.run(main)

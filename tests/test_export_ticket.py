@@ -1,0 +1,71 @@
+"""End-to-end: examples/export_ticket.py on a tiny run directory, and benchmarks/export_size.py --quick."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tf_lottery import datasets, export, models
+from tf_lottery.search import SearchConfig, TicketSearch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(script, *args, check=True):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, env=ENV,
+                          timeout=600, check=check)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    data = datasets.load("digits", seed=0)
+    TicketSearch(lambda: models.lenet300_100(data.input_shape, data.num_classes), data,
+                 SearchConfig(rounds=1, epochs=2, batch_size=32), str(run_dir), verbose=0).run()
+    return run_dir
+
+
+def test_binary_exports_every_variant_with_a_size_table(run_dir, tmp_path):
+    result = _run("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path}", "--round=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / export.REPORT_NAME).read_text())["files"]
+    names = ["saved_model", *(f"{variant}.tflite" for variant in export.VARIANTS)]
+    assert sorted(report) == sorted(names) and sorted(os.listdir(tmp_path)) == sorted([*names, export.REPORT_NAME])
+    history = json.loads((run_dir / "history.json").read_text())
+    assert report["int8.tflite"]["density"] == pytest.approx(history["rounds"][1]["density"], abs=1e-6)
+    assert f"Round 1: {history['rounds'][1]['density']:.2%} of weights remaining" in result.stdout
+    for name in names:
+        assert f"\n{name} " in result.stdout, name
+        assert report[name]["parity"]["samples"] == export.PARITY_SAMPLES
+    assert "1.000" in result.stdout  # float.tflite against itself.
+
+
+def test_binary_names_the_rounds_a_run_has(run_dir, tmp_path):
+    result = _run("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path}", "--round=5",
+                  check=False)
+    assert result.returncode != 0 and "--round=5, but" in result.stderr and "rounds 0 to 1" in result.stderr
+
+
+def test_benchmark_quick_prints_the_documented_figures(tmp_path):
+    output = tmp_path / "result.json"
+    result = _run("benchmarks/export_size.py", "--quick", f"--output={output}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert json.loads(result.stdout) == report and report["quick"] is True
+    assert list(report["tickets"]) == ["0.6"]
+    assert set(report["targets"]) == {"int8_ratio_at_10pct", "pqat_ratio_at_10pct", "int8_accuracy_cost_points",
+                                      "peer_minus_ticket_accuracy_points_search_epochs",
+                                      "peer_minus_ticket_accuracy_points_round_epochs"}
+    for ticket in report["tickets"].values():
+        peers = ticket["tfmot_peers"]
+        assert (peers["search_epochs"]["epochs"], peers["round_epochs"]["epochs"]) == (3, 1)
+        for figures in (ticket, *peers.values()):
+            assert set(figures["files"]) == {*export.VARIANTS, "int8_dense"}
+            assert figures["files"]["float"]["ratio"] == 1.0
+            assert figures["density"] == pytest.approx(ticket["density"], abs=0.01)
+            assert 0 <= figures["keras_test_accuracy"] <= 1
+        assert ticket["latency"]["int8"]["sparse_us"] > 0 and ticket["latency"]["float"]["sparse_over_dense"] > 0
