@@ -119,3 +119,34 @@ def test_nan_scores_from_diverged_weights_are_an_error():
         PruningPlan().prune(masks, scores)
     with pytest.raises(ValueError, match="have shape"):
         PruningPlan().prune(masks, {**scores, "fc2/kernel": np.ones(3)})
+
+
+@pytest.mark.parametrize("block", [(1, 4), (1, 16), (2, 4)])
+def test_block_masks_are_whole_blocks_along_the_input_dimension(block):
+    rows, cols = block
+    masks = {"fc/kernel": np.ones((100, 30), np.float32), "conv/kernel": np.ones((3, 3, 2, 4), np.float32)}
+    scores = {k: np.random.default_rng(0).random(v.shape) for k, v in masks.items()}
+    plan = PruningPlan(rate=0.5, output_rate=None, block=block)
+    for _ in range(2):
+        masks = plan.prune(masks, scores)
+    kernel = masks["fc/kernel"].T  # TFLite layout [out, in]
+    full = kernel[: 30 // rows * rows, : 100 // cols * cols]
+    blocks = full.reshape(30 // rows, rows, 100 // cols, cols)
+    assert np.all((blocks.min(axis=(1, 3)) == blocks.max(axis=(1, 3))))  # Every block all-0 or all-1.
+    edge = kernel[:, 100 // cols * cols:]  # A partial block where 100 is not a multiple of cols.
+    if edge.size:
+        assert np.all(edge.reshape(30 // rows, rows, -1).min(axis=(1, 2)) == edge.reshape(30 // rows, rows, -1).max(axis=(1, 2)))
+    assert 0.2 < masks["fc/kernel"].mean() < 0.3
+    assert masks["conv/kernel"].mean() == pytest.approx(0.25, abs=0.02)  # Unstructured.
+
+
+def test_blocks_are_ranked_by_their_mean_score():
+    scores = {"fc/kernel": np.zeros((8, 1))}
+    scores["fc/kernel"][4:, 0] = [1, 1, 1, -2]  # Block 2: mean 0.25 > block 1: mean 0.
+    mask = PruningPlan(rate=0.5, block=(1, 4)).prune({"fc/kernel": np.ones((8, 1), np.float32)}, scores)
+    np.testing.assert_array_equal(mask["fc/kernel"][:, 0], [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_bad_block_shapes_are_rejected():
+    with pytest.raises(ValueError, match=r"block must be None or \(rows, cols\)"):
+        PruningPlan(block=(1, 0))

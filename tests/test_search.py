@@ -196,6 +196,8 @@ def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
     ({"rounds": None}, "Give rounds, target_density, or both"),
     ({"epochs": None, "iterations": 150, "eval_every": 100}, r"iterations \(150\) must be a multiple"),
     ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ({"block": "4"}, "block must look like '1x4'"),
+    ({"block": "1x0"}, r"block must be None or \(rows, cols\)"),
 ])
 def test_bad_configurations_fail_with_their_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -229,3 +231,11 @@ def test_tensorboard_gets_one_scalar_per_round(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(str(path))
         for value in event.summary.value if value.tag == "density"))
     assert list(densities) == [0, 1] and densities[0] == 1.0 > densities[1]
+
+
+def test_block_search_prunes_whole_blocks(tmp_path):
+    _search(tmp_path, rounds=1, block="1x4").run()
+    kernel = _round_arrays(tmp_path, 1, "masks")["fc1/kernel"].T  # [out, in]: 64 inputs in blocks of 4
+    blocks = kernel.reshape(kernel.shape[0], -1, 4)
+    assert np.all(blocks.min(axis=2) == blocks.max(axis=2))
+    assert kernel.mean() == pytest.approx(0.8, abs=0.01)

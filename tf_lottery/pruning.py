@@ -31,6 +31,13 @@ class PruningPlan:
             including the output layer, are still pruned within the layer).
         skip: layer names (or mask keys) never pruned.
         target_density: global density at which a search stops; `None` for none.
+        block: `None` (unstructured) or `(rows, cols)` in TFLite's fully-connected
+            weight layout `[out, in]`, e.g. `(1, 4)` or `(1, 16)`: 2-D kernels are
+            pruned in whole blocks of `cols` consecutive inputs of `rows` outputs,
+            ranked by the mean score of the block, so TFLite's block-sparse kernels
+            apply. Blocks at the edge of a kernel whose size is not a multiple are
+            partial (and ranked by the mean of what they hold). Kernels that are
+            not 2-D (convolutions) stay unstructured.
     """
 
     rate: float = 0.2
@@ -39,6 +46,7 @@ class PruningPlan:
     scope: str = "layerwise"
     skip: tuple[str, ...] = ()
     target_density: float | None = None
+    block: tuple[int, int] | None = None
 
     def __post_init__(self):
         _check_rate(self.rate, "rate")
@@ -50,6 +58,10 @@ class PruningPlan:
             raise ValueError(f"scope must be one of {SCOPES}; got {self.scope!r}.")
         if self.target_density is not None and not 0 < self.target_density <= 1:
             raise ValueError(f"target_density must be in (0, 1]; got {self.target_density!r}.")
+        if self.block is not None:
+            if len(self.block) != 2 or not all(isinstance(n, int) and n >= 1 for n in self.block):
+                raise ValueError(f"block must be None or (rows, cols) of positive ints, e.g. (1, 4); got {self.block!r}.")
+            object.__setattr__(self, "block", tuple(self.block))
         object.__setattr__(self, "skip", tuple(self.skip))
         object.__setattr__(self, "layer_rates", dict(self.layer_rates))
 
@@ -99,9 +111,9 @@ class PruningPlan:
             if self.scope == "global" and rate == self.rate and key not in self.layer_rates:
                 pooled.append(key)
             else:
-                _prune_together([key], new_masks, scores, rate)
+                _prune_together([key], new_masks, scores, rate, self.block)
         if pooled:
-            _prune_together(pooled, new_masks, scores, self.rate)
+            _prune_together(pooled, new_masks, scores, self.rate, self.block)
         return new_masks
 
     def _check_names(self, masks):
@@ -111,24 +123,58 @@ class PruningPlan:
             raise ValueError(f"The plan names layers the model does not have: {unknown}. Known: {sorted(known)}.")
 
 
-def _prune_together(keys, masks, scores, rate):
-    """Removes `rate` of the surviving weights of `keys`, ranked together, in place."""
-    alive = np.concatenate([masks[key].ravel() for key in keys]) > 0
-    ranked = np.concatenate([np.asarray(scores[key], np.float64).ravel() for key in keys])
+class _BlockGrid:
+    """Views a weight array as blocks of a `PruningPlan.block`.
+
+    `block` is `(rows, cols)` in TFLite's `[out, in]` layout; a Keras 2-D kernel
+    is `[in, out]`, so its blocks are `(cols, rows)`. Anything not 2-D, or
+    `block=None`, is viewed as single weights.
+    """
+
+    def __init__(self, shape, block):
+        self.shape = shape
+        self.block = (block[1], block[0]) if block and len(shape) == 2 else None
+        if self.block:
+            self.grid = tuple(-(-size // step) for size, step in zip(shape, self.block))
+
+    def reduce(self, values, reducer):
+        """One value per block: `reducer` over its entries (NaN-padded where a block is partial)."""
+        if not self.block:
+            return np.asarray(values, np.float64).ravel()
+        padded = np.full([n * step for n, step in zip(self.grid, self.block)], np.nan)
+        padded[: self.shape[0], : self.shape[1]] = values
+        blocks = padded.reshape(self.grid[0], self.block[0], self.grid[1], self.block[1])
+        return reducer(blocks, axis=(1, 3)).ravel()
+
+    def expand(self, block_values):
+        """The weight-shaped array that repeats each block's value over the block."""
+        if not self.block:
+            return block_values.reshape(self.shape)
+        full = block_values.reshape(self.grid)
+        for axis, step in enumerate(self.block):
+            full = np.repeat(full, step, axis=axis)
+        return full[: self.shape[0], : self.shape[1]]
+
+
+def _prune_together(keys, masks, scores, rate, block=None):
+    """Removes `rate` of the surviving weights (or blocks) of `keys`, ranked together, in place."""
+    grids = [_BlockGrid(masks[key].shape, block) for key in keys]
+    alive_parts = [grid.reduce(masks[key], np.nanmax) > 0 for grid, key in zip(grids, keys)]
+    alive = np.concatenate(alive_parts)
+    ranked = np.concatenate([grid.reduce(scores[key], np.nanmean) for grid, key in zip(grids, keys)])
     count = math.floor(rate * alive.sum() + 0.5)
     survivors = np.flatnonzero(alive)
     order = survivors[np.argsort(ranked[survivors], kind="stable")]
     flat = alive.astype(np.float32)
     flat[order[:count]] = 0
     offset = 0
-    for key in keys:
-        size = masks[key].size
-        layer_mask = flat[offset:offset + size].reshape(masks[key].shape)
+    for key, grid, part in zip(keys, grids, alive_parts):
+        layer_mask = grid.expand(flat[offset:offset + part.size])
         if not layer_mask.any():
             raise ValueError(
                 f"Pruning {rate:.0%} of the surviving weights would leave '{key}' with no weights. "
                 "Lower the rate for this layer (PruningPlan.layer_rates), skip it (PruningPlan.skip), "
                 "or stop at a higher target_density."
             )
-        masks[key] = layer_mask
-        offset += size
+        masks[key] = layer_mask.astype(np.float32)
+        offset += part.size

@@ -61,6 +61,8 @@ class SearchConfig:
     prune_rate: float = _field(0.2, "Fraction of surviving weights pruned per round.")
     output_prune_rate: float | None = _field(0.1, "Rate for the output layer (None: same as prune_rate).")
     scope: str = _field("layerwise", "Rank weights per layer or globally.", SCOPES)
+    block: str | None = _field(None, "Prune 2-D kernels in blocks, 'RxC' in TFLite's [out, in] layout: "
+                                     "'1x4' (fast sparse float TFLite) or '1x16' (fast sparse int8).")
     criterion: str = _field("magnitude", "Pruning criterion.", tuple(criteria.CRITERIA))
     rewind: str = _field("init", f"Where survivors restart each round: {REWIND_MODES}.")
     control: str | None = _field(None, "Run a control instead of a ticket search.", CONTROLS)
@@ -103,7 +105,17 @@ class SearchConfig:
     def plan(self):
         """The `PruningPlan` these settings describe."""
         return PruningPlan(rate=self.prune_rate, output_rate=self.output_prune_rate, scope=self.scope,
-                           target_density=self.target_density)
+                           target_density=self.target_density, block=parse_block(self.block))
+
+
+def parse_block(text):
+    """`"1x4"` -> `(1, 4)`; `None` -> `None`."""
+    if text is None:
+        return None
+    rows, _, cols = text.partition("x")
+    if not (rows.isdigit() and cols.isdigit()):
+        raise ValueError(f"block must look like '1x4' or '1x16' (rows x cols); got {text!r}.")
+    return int(rows), int(cols)
 
 
 def round_seed(seed, round_index):
