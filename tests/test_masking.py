@@ -56,13 +56,8 @@ def _assert_pruned_zero(model, masks):
         assert np.any(weight[masks[key] == 1] != 0), key
 
 
-@pytest.mark.parametrize("name", sorted(LAYER_CASES))
-def test_every_listed_layer_wraps_trains_and_strips(name):
-    shape, dtype, factory = LAYER_CASES[name]
-    model = _model_with(shape, dtype, factory)
-    wrapped = tf_lottery.wrap(model)
-    x = _inputs(shape, dtype)
-    np.testing.assert_allclose(wrapped.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+def _assert_trains_sparse_and_strips(wrapped, x):
+    """Random masks, a few AdamW steps: pruned weights stay 0, and `strip` computes the same outputs."""
     masks = _random_masks(wrapped)
     tf_lottery.set_masks(wrapped, masks)
     _train(wrapped, x)
@@ -70,6 +65,16 @@ def test_every_listed_layer_wraps_trains_and_strips(name):
     plain = tf_lottery.strip(wrapped)
     assert not any(isinstance(layer, tf_lottery.Masked) for layer in plain.layers)
     np.testing.assert_allclose(plain.predict(x, verbose=0), wrapped.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_every_listed_layer_wraps_trains_and_strips(name):
+    shape, dtype, factory = LAYER_CASES[name]
+    model = _model_with(shape, dtype, factory)
+    wrapped = tf_lottery.wrap(model)
+    x = _inputs(shape, dtype)
+    np.testing.assert_allclose(wrapped.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    _assert_trains_sparse_and_strips(wrapped, x)
 
 
 def test_registry_covers_the_documented_weights():
@@ -89,12 +94,7 @@ def test_multi_head_attention_wraps_trains_and_strips():
     assert {k for k in tf_lottery.get_masks(wrapped) if k.startswith("multi_head_attention/")} == {
         f"multi_head_attention/{p}_dense.kernel" for p in ("query", "key", "value", "output")}
     x = _inputs((4, 6), "float32")
-    masks = _random_masks(wrapped)
-    tf_lottery.set_masks(wrapped, masks)
-    _train(wrapped, x)
-    _assert_pruned_zero(wrapped, masks)
-    np.testing.assert_allclose(tf_lottery.strip(wrapped).predict(x, verbose=0), wrapped.predict(x, verbose=0),
-                               atol=1e-5)
+    _assert_trains_sparse_and_strips(wrapped, x)
 
 
 def test_wrap_copies_weights_and_leaves_the_original_alone():
@@ -126,12 +126,7 @@ def test_nested_models_are_wrapped_with_prefixed_keys():
     wrapped = tf_lottery.wrap(model)
     assert list(tf_lottery.get_masks(wrapped)) == ["encoder/d1/kernel", "output/kernel"]
     x = _inputs((6,), "float32")
-    masks = _random_masks(wrapped)
-    tf_lottery.set_masks(wrapped, masks)
-    _train(wrapped, x)
-    _assert_pruned_zero(wrapped, masks)
-    np.testing.assert_allclose(tf_lottery.strip(wrapped).predict(x, verbose=0), wrapped.predict(x, verbose=0),
-                               atol=1e-5)
+    _assert_trains_sparse_and_strips(wrapped, x)
 
 
 def test_skip_leaves_named_layers_dense():
