@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/mask_overhead.py: it runs and writes the documented JSON.
+"""Smoke tests of benchmarks/mask_overhead.py and search_cost.py: they run and write the documented JSON.
 
 Timings are not tested; only that they are measured (positive numbers).
 """
@@ -31,3 +31,24 @@ def test_mask_overhead_quick(tmp_path):
         assert isinstance(entry["meets_target"], bool)
         assert len(entry["ratio_per_repeat"]) == entry["repeats"]
         assert 0 < entry["mask_density"] < 0.5
+
+
+def test_search_cost_quick(tmp_path):
+    output = tmp_path / "search_cost.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/search_cost.py", "--quick", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert json.loads(result.stdout) == report
+    modes = report["datasets"]["digits"]["modes"]
+    assert set(modes) == {"imp", "early_bird", "one_shot", "movement_rate"}
+    for name, entry in modes.items():
+        assert entry["seconds"] > 0 and entry["iterations"] > 0, name
+        assert entry["density"] <= report["target_density"] + 0.01, name
+        assert "digits: " + name in result.stderr
+    assert modes["imp"]["times_cheaper_iterations"] == 1.0
+    # One-shot trains two rounds where IMP trains one per step down to the target.
+    assert modes["one_shot"]["rounds"] == 2 < modes["imp"]["rounds"]
+    assert modes["early_bird"]["dense_round_iterations"] <= modes["one_shot"]["dense_round_iterations"]

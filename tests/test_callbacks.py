@@ -3,7 +3,7 @@ import keras
 import pytest
 
 import tf_lottery
-from tf_lottery import masking
+from tf_lottery import callbacks, masking
 
 L = keras.layers
 
@@ -137,3 +137,91 @@ def test_rewind_before_training_and_unwrapped_models_are_errors():
     plain.compile(optimizer="adam", loss="mse")
     with pytest.raises(ValueError, match="tf_lottery.wrap"):
         plain.fit(np.zeros((4, 6)), np.zeros((4, 3)), verbose=0, callbacks=[tf_lottery.LotteryCallback()])
+
+
+class StepRecorder(keras.callbacks.Callback):
+    """Records the masked weights at the start of training and after every step and epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.steps = [tf_lottery.get_prunable_weights(self.model)]
+        self.epochs = list(self.steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append(tf_lottery.get_prunable_weights(self.model))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(tf_lottery.get_prunable_weights(self.model))
+
+
+def _path_length(snapshots, key):
+    return sum(np.abs(after[key] - before[key]) for before, after in zip(snapshots, snapshots[1:]))
+
+
+@pytest.mark.parametrize("every", ["step", "epoch"])
+def test_movement_tracker_adds_up_how_far_each_weight_moved(every):
+    model = _wrapped()
+    masks = tf_lottery.get_masks(model)
+    masks["hidden/kernel"][:, :2] = 0
+    tf_lottery.set_masks(model, masks)
+    tracker, recorder = tf_lottery.MovementTracker(every), StepRecorder()
+    x, y = _data()
+    model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[tracker, recorder])
+    statistics = tracker.statistics()
+    assert set(statistics) == {"hidden/kernel", "output/kernel"}
+    snapshots = recorder.steps if every == "step" else recorder.epochs
+    for key, moved in statistics.items():
+        np.testing.assert_allclose(moved, _path_length(snapshots, key), rtol=1e-5, atol=1e-7)
+    assert not statistics["hidden/kernel"][:, :2].any() and statistics["hidden/kernel"][:, 2:].all()
+
+
+def test_movement_tracker_checks_its_arguments_and_state():
+    with pytest.raises(ValueError, match=r"every must be one of \('step', 'epoch'\)"):
+        tf_lottery.MovementTracker("batch")
+    with pytest.raises(ValueError, match="train with this callback first"):
+        tf_lottery.MovementTracker().statistics()
+
+
+def test_mask_distance_is_the_share_of_survivors_that_changed():
+    first = {"a/kernel": np.array([1, 1, 0, 0], np.float32), "b/kernel": np.array([1, 0], np.float32)}
+    assert callbacks.mask_distance(first, first) == 0
+    assert callbacks.mask_distance(first, {**first, "a/kernel": np.array([0, 1, 1, 0], np.float32)}) == 2 / 6
+    assert callbacks.mask_distance(first, {key: 1 - mask for key, mask in first.items()}) == 1
+    with pytest.raises(ValueError, match="different weights"):
+        callbacks.mask_distance(first, {"a/kernel": first["a/kernel"]})
+
+
+def test_early_bird_stops_once_the_mask_was_stable_for_patience_checks_and_not_before():
+    model = _wrapped()
+    kernel = model.get_layer("masked_hidden").layer.kernel
+    rising = np.arange(48, dtype=np.float32).reshape(6, 8)
+    early_bird = tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(rate=0.5, output_rate=None), patience=2)
+    early_bird.set_model(model)
+    early_bird.on_train_begin()
+    stopped = []
+    for epoch, values in enumerate([rising, -rising[::-1], rising[::-1], rising, rising, rising]):
+        kernel.assign(values)  # Top halves: the last 24 weights, the first 24, the first, the last, ...
+        early_bird.on_epoch_end(epoch)
+        stopped.append(model.stop_training)
+    assert stopped == [False, False, False, False, False, True]
+    assert [distance for _, distance in early_bird.distances] == pytest.approx([48 / 72, 0, 48 / 72, 0, 0])
+    kept = early_bird.masks["hidden/kernel"].ravel()
+    assert kept[24:].all() and not kept[:24].any()
+
+
+@pytest.mark.parametrize("learning_rate, epochs_run", [(0.0, 3), (1.0, 8)])
+def test_early_bird_ends_training_only_when_the_mask_settles(learning_rate, epochs_run):
+    model = _wrapped()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    early_bird = tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(rate=0.5), threshold=0.01, patience=2)
+    x, y = _data()
+    history = model.fit(x, y, batch_size=4, epochs=8, verbose=0, callbacks=[early_bird])
+    assert len(history.history["loss"]) == epochs_run
+    assert (early_bird.stopped_at is not None) == (epochs_run < 8)
+
+
+def test_early_bird_rejects_bad_settings():
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+        tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(), threshold=0)
+    with pytest.raises(ValueError, match="patience must be a positive integer"):
+        tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(), patience=0)

@@ -48,3 +48,18 @@ def test_score_checks_what_a_custom_criterion_returns():
         criteria.score(lambda f, i, s: {k: np.ones(3) for k in f}, FINAL, INITIAL)
     scores = criteria.score(criteria.magnitude, FINAL, INITIAL)
     assert set(scores) == set(FINAL)
+
+
+def test_movement_rate_keeps_the_weights_that_moved_most():
+    moved = {"a/kernel": np.array([[0.5, 0.0], [2.0, 0.1]]), "b/kernel": np.array([3.0, 0.2])}
+    scores = criteria.get("movement_rate")(FINAL, INITIAL, moved)
+    np.testing.assert_array_equal(scores["a/kernel"], [[0.5, 0.0], [2.0, 0.1]])
+    np.testing.assert_array_equal(scores["b/kernel"], [3.0, 0.2])
+    assert scores["a/kernel"] is not moved["a/kernel"]
+
+
+def test_movement_rate_without_statistics_names_the_fix():
+    with pytest.raises(ValueError, match="train with tf_lottery.MovementTracker and pass tracker.statistics"):
+        criteria.movement_rate(FINAL, INITIAL)
+    with pytest.raises(ValueError, match=r"no movement for \['b/kernel'\]"):
+        criteria.movement_rate(FINAL, INITIAL, {"a/kernel": np.ones((2, 2))})

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tf_lottery
 from tf_lottery import datasets, masking, models, storage
-from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, random_masks_like
+from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, random_masks_like, read_run_config
 
 DATA = datasets.load("digits", seed=0)
 HISTORY_FIELDS = {"round", "density", "layer_density", "test_accuracy", "val_accuracy", "early_stop_iteration",
@@ -198,6 +198,9 @@ def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
     ({"batch_size": 0}, "batch_size must be a positive integer"),
     ({"block": "4"}, "block must look like '1x4'"),
     ({"block": "1x0"}, r"block must be None or \(rows, cols\)"),
+    ({"early_bird": 1.5}, r"early_bird must be a mask distance in \(0, 1\]"),
+    ({"early_bird_patience": 0}, "early_bird_patience must be a positive integer"),
+    ({"movement_every": "batch"}, r"movement_every must be one of \('step', 'epoch'\)"),
 ])
 def test_bad_configurations_fail_with_their_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -239,3 +242,60 @@ def test_block_search_prunes_whole_blocks(tmp_path):
     blocks = kernel.reshape(kernel.shape[0], -1, 4)
     assert np.all(blocks.min(axis=2) == blocks.max(axis=2))
     assert kernel.mean() == pytest.approx(0.8, abs=0.01)
+
+
+def test_early_bird_ends_the_dense_round_early_and_prunes_to_the_target(tmp_path):
+    history = _search(tmp_path, early_bird=0.1, early_bird_patience=3, rounds=None, target_density=0.3, epochs=None,
+                      iterations=200, eval_every=10).run()
+    dense, ticket = history["rounds"]
+    assert dense["iterations"] == dense["early_bird"]["stopped_at"] < 200 and ticket["iterations"] == 200
+    distances = [distance for _, distance in dense["early_bird"]["distances"]]
+    first_stable = next(end for end in range(3, len(distances) + 1) if max(distances[end - 3:end]) < 0.1)
+    assert first_stable == len(distances)  # Stopped at the first check after three stable ones.
+    assert 0.2 < ticket["density"] <= 0.3
+    trained = masking.get_prunable_weights(tf_lottery.wrap(_build()), _round_arrays(tmp_path, 0, "trained_weights"))
+    plan = compounded_plan(tf_lottery.PruningPlan(rate=0.2, output_rate=0.1, target_density=0.3),
+                           _round_arrays(tmp_path, 0, "masks"), "output")
+    _assert_same(_round_arrays(tmp_path, 1, "masks"), plan.prune(_round_arrays(tmp_path, 0, "masks"),
+                                                                 tf_lottery.criteria.magnitude(trained, None),
+                                                                 output_layer="output"))
+
+
+def test_early_bird_excludes_replayed_masks(ticket_run, tmp_path):
+    run_dir, _ = ticket_run
+    with pytest.raises(ValueError, match="one_shot and early_bird exclude replay_masks_from"):
+        _search(tmp_path, early_bird=0.1, replay_masks_from=str(run_dir))
+
+
+def test_movement_rate_prunes_by_the_saved_statistics_and_resumes_exactly(tmp_path):
+    _search(tmp_path / "whole", criterion="movement_rate").run()
+    statistics = _round_arrays(tmp_path / "whole", 0, "statistics")
+    masks = _round_arrays(tmp_path / "whole", 0, "masks")
+    expected = tf_lottery.PruningPlan(rate=0.2, output_rate=0.1).prune(masks, statistics, output_layer="output")
+    _assert_same(_round_arrays(tmp_path / "whole", 1, "masks"), expected)
+    kept = _round_arrays(tmp_path / "whole", 1, "masks")["fc1/kernel"] == 1
+    assert statistics["fc1/kernel"][~kept].max() <= statistics["fc1/kernel"][kept].min()
+    _search(tmp_path / "split", criterion="movement_rate", rounds=1).run()
+    _search(tmp_path / "split", criterion="movement_rate", resume=True).run()
+    for name in ("masks", "statistics"):
+        _assert_same(_round_arrays(tmp_path / "split", 2, name), _round_arrays(tmp_path / "whole", 2, name))
+
+
+def test_runs_started_before_a_setting_existed_resume_with_its_default(tmp_path):
+    _search(tmp_path, rounds=1).run()
+    run = storage.read_json(tmp_path / "run.json")
+    for name in ("early_bird", "early_bird_patience", "movement_every"):
+        del run["config"][name]
+    storage.write_json(tmp_path / "run.json", run)
+    assert read_run_config(tmp_path) == SearchConfig(rounds=1, epochs=1, batch_size=64)
+    assert len(_search(tmp_path, resume=True).run()["rounds"]) == 3
+
+
+def test_layer_rates_override_the_plan_per_layer():
+    plan = SearchConfig(rounds=1, layer_rates="conv1=0.1, conv2=0.15").plan()
+    assert plan.layer_rates == {"conv1": 0.1, "conv2": 0.15}
+    assert plan.rate_for("conv1/kernel") == 0.1 and plan.rate_for("dense/kernel") == 0.2
+    with pytest.raises(ValueError, match="layer=rate"):
+        SearchConfig(rounds=1, layer_rates="conv1:0.1")
+    with pytest.raises(ValueError, match="fraction"):
+        SearchConfig(rounds=1, layer_rates="conv1=2")

@@ -13,7 +13,7 @@ rewind the survivors and strip the wrappers:
 """
 
 from tf_lottery import criteria
-from tf_lottery.callbacks import LotteryCallback
+from tf_lottery.callbacks import EarlyBirdStopping, LotteryCallback, MovementTracker
 from tf_lottery.masking import (
     Masked,
     apply_masks,
@@ -30,8 +30,10 @@ from tf_lottery.pruning import PruningPlan
 __version__ = "0.1.0"
 
 __all__ = [
+    "EarlyBirdStopping",
     "LotteryCallback",
     "Masked",
+    "MovementTracker",
     "PruningPlan",
     "apply_masks",
     "criteria",

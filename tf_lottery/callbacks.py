@@ -1,8 +1,10 @@
 """Keras callbacks for training lottery tickets."""
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-from tf_lottery import masking
+from tf_lottery import criteria, masking
 
 UNITS = ("step", "epoch")
 
@@ -92,3 +94,128 @@ class LotteryCallback(keras.callbacks.Callback):
             return self.params.get("epochs")
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         return steps * epochs if steps and epochs else None
+
+
+def prunable_variables(model):
+    """`{mask key: weight variable}` for every masked weight of a wrapped model."""
+    return {f"{name}/{path}": variable for name, layer in masking.masked_layers(model).items()
+            for path, variable in layer.masked_weights.items()}
+
+
+@tf.function
+def _moved(variables, previous, totals):
+    current = {key: tf.identity(variable) for key, variable in variables.items()}
+    return current, {key: totals[key] + tf.abs(current[key] - previous[key]) for key in totals}
+
+
+class MovementTracker(keras.callbacks.Callback):
+    """Accumulates how far every masked weight moves, for `criteria.movement_rate`.
+
+    After every optimizer step (or every epoch) it adds |w(t) - w(t-1)| to a
+    running sum per weight, in graph (no copy to NumPy until `statistics()`).
+    Per step, the sum is the path length a weight travelled; per epoch, moves
+    back and forth within an epoch cancel out. It keeps accumulating across
+    `fit` calls; changes made between them (e.g. rewinding) are not counted.
+    With `steps_per_execution > 1`, "step" measures once per execution.
+
+    Args:
+        every: `"step"` or `"epoch"`.
+    """
+
+    def __init__(self, every="step"):
+        super().__init__()
+        if every not in UNITS:
+            raise ValueError(f"every must be one of {UNITS}; got {every!r}.")
+        self.every = every
+        self._totals = None
+
+    def on_train_begin(self, logs=None):
+        self._variables = {key: variable.value for key, variable in prunable_variables(self.model).items()}
+        self._previous = {key: tf.identity(variable) for key, variable in self._variables.items()}
+        if self._totals is None:
+            self._totals = {key: tf.zeros_like(value) for key, value in self._previous.items()}
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every == "step":
+            self._accumulate()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every == "epoch":
+            self._accumulate()
+
+    def _accumulate(self):
+        self._previous, self._totals = _moved(self._variables, self._previous, self._totals)
+
+    def statistics(self):
+        """`{mask key: accumulated |Δw|}` as NumPy arrays: the `statistics` of `criteria.movement_rate`."""
+        if self._totals is None:
+            raise ValueError("No movement recorded yet: train with this callback first.")
+        return {key: value.numpy() for key, value in self._totals.items()}
+
+
+def mask_distance(first, second):
+    """Normalized Hamming distance between two sets of masks with the same keys.
+
+    The number of entries that differ, divided by the number of ones in both:
+    0 when the surviving weights are the same, 1 when they are disjoint. (You
+    et al. divide by all entries, which at 5% density can never exceed 0.1.)
+    """
+    if set(first) != set(second):
+        raise ValueError(f"The masks are for different weights: {sorted(first)} and {sorted(second)}.")
+    changed = sum(np.count_nonzero(first[key] != second[key]) for key in first)
+    kept = sum(np.count_nonzero(first[key]) + np.count_nonzero(second[key]) for key in first)
+    return float(changed / kept) if kept else 0.0
+
+
+class EarlyBirdStopping(keras.callbacks.Callback):
+    """Stops training once the ticket drawn from the weights stops changing (You et al., ICLR 2020).
+
+    At the end of every epoch it draws the masks `plan` gives the current
+    weights of a wrapped model and their `mask_distance` to the masks drawn one
+    epoch before. Training stops once the last `patience` distances are all
+    below `threshold`; `masks` is then the early-bird ticket. Draw with a plan
+    of the density you will prune to (e.g. `search.compounded_plan`), as the
+    paper does.
+
+    Args:
+        plan: the `PruningPlan` that draws the masks (from the current ones).
+        criterion: a criterion callable (see `tf_lottery.criteria`); its
+            `initial` weights are the weights at the start of training.
+        threshold: largest distance that counts as stable (0.1 in the paper).
+        patience: how many distances in a row must be below `threshold`
+            (5 in the paper).
+        statistics: `None`, or a callable returning the criterion's statistics,
+            e.g. `tracker.statistics` of a `MovementTracker` listed before this
+            callback.
+
+    Attributes:
+        distances: `[(iteration, distance)]`, one per epoch after the first.
+        stopped_at: the optimizer iteration training stopped at, or `None`.
+        masks: the masks drawn at the last epoch end.
+    """
+
+    def __init__(self, plan, criterion=criteria.magnitude, threshold=0.1, patience=5, statistics=None):
+        super().__init__()
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], e.g. 0.1; got {threshold!r}.")
+        if not (isinstance(patience, int) and patience >= 1):
+            raise ValueError(f"patience must be a positive integer, e.g. 5; got {patience!r}.")
+        self.plan, self.criterion, self.statistics = plan, criterion, statistics
+        self.threshold, self.patience = threshold, patience
+
+    def on_train_begin(self, logs=None):
+        self._initial = masking.get_prunable_weights(self.model)
+        self.distances, self.stopped_at, self.masks = [], None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        statistics = self.statistics() if self.statistics else None
+        scores = criteria.score(self.criterion, masking.get_prunable_weights(self.model), self._initial, statistics)
+        masks = self.plan.apply(self.model, scores)
+        iteration = int(self.model.optimizer.iterations.numpy())
+        if self.masks is not None:
+            self.distances.append((iteration, mask_distance(self.masks, masks)))
+        self.masks = masks
+        recent = [distance for _, distance in self.distances[-self.patience:]]
+        if len(recent) == self.patience and max(recent) < self.threshold:
+            self.stopped_at = iteration
+            self.model.stop_training = True

@@ -30,6 +30,26 @@ def movement(final, initial, statistics=None):
     return {key: np.abs(value - initial[key]) for key, value in final.items()}
 
 
+def movement_rate(final, initial, statistics=None):
+    """Accumulated |Δw| over training: keeps the weights that changed fastest.
+
+    The slowest-changing weights are pruned. `statistics` maps each mask key to
+    the sum of |w(t) - w(t-1)| over every step (or every epoch) of the round,
+    as recorded by `tf_lottery.MovementTracker`; `TicketSearch` records it when
+    `criterion="movement_rate"`.
+    """
+    del initial
+    if statistics is None:
+        raise ValueError("movement_rate scores weights by how much they moved during training, so it needs "
+                         "statistics: train with tf_lottery.MovementTracker and pass tracker.statistics() "
+                         "(TicketSearch does this for criterion='movement_rate').")
+    missing = sorted(set(final) - set(statistics))
+    if missing:
+        raise ValueError(f"The statistics hold no movement for {missing}: track every masked weight "
+                         "(MovementTracker on the same model).")
+    return {key: np.array(statistics[key], np.float64) for key in final}
+
+
 def random(final, initial, statistics=None, *, seed=0):
     """Uniform random scores from `seed`: the random-pruning control."""
     del initial, statistics
@@ -41,6 +61,7 @@ CRITERIA = {
     "magnitude": magnitude,
     "magnitude_increase": magnitude_increase,
     "movement": movement,
+    "movement_rate": movement_rate,
     "random": random,
 }
 

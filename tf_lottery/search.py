@@ -10,6 +10,7 @@ Layout of a run directory (every file written atomically, see `storage`):
     history.json          {"rounds": [metrics of each completed round], "best_round"}
     round_000/            one folder per completed round (renamed into place when complete)
         masks.npz         the masks the round trained with
+        statistics.npz    (criterion movement_rate only) the accumulated |Δw| of its training
         rewind_weights.npz the weights its survivors were reset to (for round 0 of a
                           late-rewinding run: the weights at the rewind point)
         trained_weights.npz
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lottery import criteria, distribute, masking, storage
-from tf_lottery.callbacks import LotteryCallback, parse_rewind_point
+from tf_lottery.callbacks import UNITS, EarlyBirdStopping, LotteryCallback, MovementTracker, parse_rewind_point
 from tf_lottery.pruning import SCOPES, PruningPlan
 
 REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
@@ -42,7 +43,8 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 # The arrays of a round's state and their files in its folder.
-_ROUND_FILES = {"masks": "masks.npz", "rewind": "rewind_weights.npz", "trained": "trained_weights.npz"}
+_ROUND_FILES = {"masks": "masks.npz", "rewind": "rewind_weights.npz", "trained": "trained_weights.npz",
+                "statistics": "statistics.npz"}
 
 # Fields that only decide when a search stops: a resumed run may extend or shorten it.
 _STOPPING_FIELDS = ("rounds", "target_density")
@@ -60,13 +62,22 @@ class SearchConfig:
     target_density: float | None = _field(None, "Stop once the global density is at or below this fraction.")
     prune_rate: float = _field(0.2, "Fraction of surviving weights pruned per round.")
     output_prune_rate: float | None = _field(0.1, "Rate for the output layer (None: same as prune_rate).")
+    layer_rates: str | None = _field(None, "Per-layer rates overriding the two above, 'layer=rate,...' (e.g. "
+                                           "'conv1=0.1,conv2=0.1': the paper's Conv-2 prunes convolutions at 10%).")
     scope: str = _field("layerwise", "Rank weights per layer or globally.", SCOPES)
     block: str | None = _field(None, "Prune 2-D kernels in blocks, 'RxC' in TFLite's [out, in] layout: "
                                      "'1x4' (fast sparse float TFLite) or '1x16' (fast sparse int8).")
     criterion: str = _field("magnitude", "Pruning criterion.", tuple(criteria.CRITERIA))
+    movement_every: str = _field("step", "How often criterion movement_rate adds up |Δw|: every step, or every "
+                                         "epoch (evaluation period).", UNITS)
     rewind: str = _field("init", f"Where survivors restart each round: {REWIND_MODES}.")
     control: str | None = _field(None, "Run a control instead of a ticket search.", CONTROLS)
     one_shot: bool = _field(False, "Prune straight to the target density (or `rounds` rounds' worth) at once.")
+    early_bird: float | None = _field(None, "Early-bird tickets (You et al., 2020): end the dense round once the "
+                                            "mask drawn at the final density changes by less than this fraction "
+                                            "(e.g. 0.1) in early_bird_patience evaluations in a row, then prune "
+                                            "to it at once, as one_shot does.")
+    early_bird_patience: int = _field(5, "Consecutive stable evaluations that end an early-bird dense round.")
     epochs: int | None = _field(5, "Training epochs per round (exclusive with iterations).")
     iterations: int | None = _field(None, "Training iterations per round (exclusive with epochs).")
     eval_every: int | None = _field(None, "Iterations between evaluations (default: one epoch, or 100).")
@@ -91,7 +102,7 @@ class SearchConfig:
                 raise ValueError(f"rewind must be one of {REWIND_MODES}; got {self.rewind!r}.") from None
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("Give exactly one of epochs or iterations per round.")
-        for name in ("rounds", "epochs", "iterations", "eval_every", "batch_size"):
+        for name in ("rounds", "epochs", "iterations", "eval_every", "batch_size", "early_bird_patience"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
@@ -99,12 +110,20 @@ class SearchConfig:
             raise ValueError("Give rounds, target_density, or both, so the search knows when to stop.")
         if self.iterations and self.eval_every and self.iterations % self.eval_every:
             raise ValueError(f"iterations ({self.iterations}) must be a multiple of eval_every ({self.eval_every}).")
+        if self.early_bird is not None and not 0 < self.early_bird <= 1:
+            raise ValueError(f"early_bird must be a mask distance in (0, 1], e.g. 0.1; got {self.early_bird!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive; got {self.learning_rate!r}.")
 
+    @property
+    def prunes_once(self):
+        """Whether round 1 prunes straight to the final density (one-shot and early-bird searches)."""
+        return self.one_shot or self.early_bird is not None
+
     def plan(self):
         """The `PruningPlan` these settings describe."""
-        return PruningPlan(rate=self.prune_rate, output_rate=self.output_prune_rate, scope=self.scope,
+        return PruningPlan(rate=self.prune_rate, output_rate=self.output_prune_rate,
+                           layer_rates=parse_layer_rates(self.layer_rates), scope=self.scope,
                            target_density=self.target_density, block=parse_block(self.block))
 
 
@@ -116,6 +135,19 @@ def parse_block(text):
     if not (rows.isdigit() and cols.isdigit()):
         raise ValueError(f"block must look like '1x4' or '1x16' (rows x cols); got {text!r}.")
     return int(rows), int(cols)
+
+
+def parse_layer_rates(text):
+    """`"conv1=0.1,conv2=0.1"` -> `{"conv1": 0.1, "conv2": 0.1}`; `None` -> `{}`."""
+    rates = {}
+    for item in filter(None, (text or "").split(",")):
+        name, _, rate = item.partition("=")
+        try:
+            rates[name.strip()] = float(rate)
+        except ValueError:
+            raise ValueError(f"layer_rates must look like 'conv1=0.1,conv2=0.1' (layer=rate, comma-separated); "
+                             f"got {text!r}.") from None
+    return rates
 
 
 def round_seed(seed, round_index):
@@ -163,21 +195,24 @@ class TicketSearch:
                  overwrite=False, verbose=1, tensorboard=False, wrap_kwargs=None, strategy=None):
         if resume and overwrite:
             raise ValueError("Choose resume or overwrite, not both.")
-        if config.one_shot and replay_masks_from:
-            raise ValueError("one_shot and replay_masks_from exclude each other: a replay takes its densities "
+        if config.prunes_once and replay_masks_from:
+            raise ValueError("one_shot and early_bird exclude replay_masks_from: a replay takes its densities "
                              "from the replayed run.")
         self.build_model, self.data, self.config = build_model, data, config
         self.run_dir, self.replay_masks_from = run_dir, replay_masks_from
         self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
         self.tensorboard, self.wrap_kwargs = tensorboard, wrap_kwargs or {}
         self.strategy = strategy or tf.distribute.get_strategy()
+        if config.early_bird is not None and distribute.is_multi_worker(self.strategy):
+            raise ValueError("early_bird cannot stop a multi-worker round early; search on one machine (any "
+                             "strategy but multi_worker), or drop early_bird.")
         self.plan = config.plan()
         self.criterion = criteria.get(config.criterion, seed=config.seed)
 
     # ---------------------------------------------------------------- paths
 
     def _round_dir(self, index, root=None):
-        return os.path.join(root or self.run_dir, f"round_{index:03d}")
+        return round_dir(root or self.run_dir, index)
 
     def _path(self, name, root=None):
         return os.path.join(root or self.run_dir, name)
@@ -242,9 +277,12 @@ class TicketSearch:
 
     def _check_resumable(self, saved):
         config = dataclasses.asdict(self.config)
-        differences = [f"{key}: run has {saved['config'].get(key)!r}, now {value!r}"
+        # Settings added after a run was started keep their defaults, which the run used.
+        saved_config = {**{field.name: field.default for field in dataclasses.fields(SearchConfig)},
+                        **saved["config"]}
+        differences = [f"{key}: run has {saved_config.get(key)!r}, now {value!r}"
                        for key, value in config.items()
-                       if key not in _STOPPING_FIELDS and saved["config"].get(key) != value]
+                       if key not in _STOPPING_FIELDS and saved_config.get(key) != value]
         signature = self._signature()
         differences += [f"{key}: run has {saved['signature'].get(key)!r}, now {value!r}"
                         for key, value in signature.items() if saved["signature"].get(key) != value]
@@ -264,8 +302,8 @@ class TicketSearch:
         folder = self._round_dir(index)
         try:
             metrics = storage.read_json(os.path.join(folder, "metrics.json"))
-            self._round_state = {name: storage.read_arrays(os.path.join(folder, file))
-                                 for name, file in _ROUND_FILES.items()}
+            self._round_state = {name: storage.read_arrays(os.path.join(folder, _ROUND_FILES[name]))
+                                 for name in self._state_names()}
         except storage.CorruptFileError as error:
             raise storage.CorruptFileError(
                 f"Round folder {folder} is damaged: {error} It was left as it is; move it away (rounds after it "
@@ -275,8 +313,13 @@ class TicketSearch:
 
     # ------------------------------------------------------------- the rounds
 
+    def _state_names(self):
+        """The arrays each round saves: masks and weights, and what the criterion needs."""
+        names = ["masks", "rewind", "trained"]
+        return names + ["statistics"] if self.config.criterion == "movement_rate" else names
+
     def _last_round(self):
-        if self.config.one_shot:
+        if self.config.prunes_once:
             return 1
         if self.replayed is not None:
             return len(self.replayed) - 1 if self.config.rounds is None else min(len(self.replayed) - 1,
@@ -291,9 +334,9 @@ class TicketSearch:
         if not self.replay_masks_from:
             return None
         replayed, index = [], 0
-        while os.path.isdir(os.path.join(self.replay_masks_from, f"round_{index:03d}")):
-            replayed.append(storage.read_arrays(os.path.join(self.replay_masks_from, f"round_{index:03d}",
-                                                             "masks.npz")))
+        while os.path.isdir(round_dir(self.replay_masks_from, index)):
+            replayed.append(storage.read_arrays(os.path.join(round_dir(self.replay_masks_from, index),
+                                                             _ROUND_FILES["masks"])))
             index += 1
         if not replayed:
             raise FileNotFoundError(f"{self.replay_masks_from} holds no completed rounds to replay masks from.")
@@ -320,11 +363,12 @@ class TicketSearch:
         state = self._round_state
         final = masking.get_prunable_weights(self.model, state["trained"])
         initial = masking.get_prunable_weights(self.model, state["rewind"])
-        scores = criteria.score(self.criterion, final, initial)
-        plan = self.plan
-        if self.config.one_shot:
-            plan = compounded_plan(plan, state["masks"], self._output_layer(), self.config.rounds)
+        scores = criteria.score(self.criterion, final, initial, state.get("statistics"))
+        plan = self._one_shot_plan(state["masks"]) if self.config.prunes_once else self.plan
         return plan.prune(state["masks"], scores, output_layer=self._output_layer())
+
+    def _one_shot_plan(self, masks):
+        return compounded_plan(self.plan, masks, self._output_layer(), self.config.rounds)
 
     def _build_wrapped(self):
         with self.strategy.scope():
@@ -363,11 +407,20 @@ class TicketSearch:
         late_rewinding = ":" in config.rewind and index == 0
         lottery = LotteryCallback(config.rewind if late_rewinding else 0)
         evaluator = _Evaluator(self.data, self._evaluate)
+        callbacks = [lottery, evaluator]
+        tracker = early_bird = None
+        if "statistics" in self._state_names():
+            tracker = MovementTracker(config.movement_every)
+            callbacks.insert(1, tracker)
+        if config.early_bird is not None and index == 0:
+            early_bird = EarlyBirdStopping(self._one_shot_plan(masks), self.criterion, config.early_bird,
+                                           config.early_bird_patience, tracker.statistics if tracker else None)
+            callbacks.append(early_bird)
         with self.strategy.scope():
             self.model.compile(optimizer=self._optimizer(index, total), metrics=["accuracy"],
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                                jit_compile=config.jit_compile)
-            fit_kwargs = dict(epochs=total // period, steps_per_epoch=period, callbacks=[lottery, evaluator])
+            fit_kwargs = dict(epochs=total // period, steps_per_epoch=period, callbacks=callbacks)
             if distribute.is_multi_worker(self.strategy):
                 distribute.fit_with_strategy_run(self.model, self._train_dataset(index, total),
                                                  strategy=self.strategy, **fit_kwargs)
@@ -376,8 +429,12 @@ class TicketSearch:
                                **fit_kwargs)
         trained = masking.get_weight_values(self.model)
         train = self._evaluate(self.data.x_train, self.data.y_train)
-        metrics = self._metrics(index, evaluator.curve, train, time.time() - started, total)
+        metrics = self._metrics(index, evaluator.curve, train, time.time() - started)
+        if early_bird:
+            metrics["early_bird"] = {"stopped_at": early_bird.stopped_at, "distances": early_bird.distances}
         self._round_state = {"masks": masks, "rewind": lottery.rewind_weights, "trained": trained}
+        if tracker:
+            self._round_state["statistics"] = tracker.statistics()
         self._save_round(index, metrics)
         self._report(metrics)
         return metrics
@@ -395,7 +452,7 @@ class TicketSearch:
         for offset, generator in enumerate(generators):
             generator.state.assign(np.array([seed % 2**31, offset], dtype=generator.state.dtype))
 
-    def _metrics(self, index, curve, train, seconds, iterations):
+    def _metrics(self, index, curve, train, seconds):
         report = masking.sparsity_report(self.model)
         end = curve[-1]
         early = min(curve, key=lambda point: point["val_loss"])
@@ -404,7 +461,7 @@ class TicketSearch:
             "density": report["density"],
             "layer_density": {key: layer["density"] for key, layer in report["layers"].items()},
             "remaining_weights": report["remaining"],
-            "iterations": iterations,
+            "iterations": end["iteration"],
             "train_accuracy": train["accuracy"], "train_loss": train["loss"],
             "val_accuracy": end["val_accuracy"], "val_loss": end["val_loss"],
             "test_accuracy": end["test_accuracy"], "test_loss": end["test_loss"],
@@ -447,8 +504,8 @@ class TicketSearch:
         if os.path.exists(partial):
             shutil.rmtree(partial)
         os.makedirs(partial)
-        for name, file in _ROUND_FILES.items():
-            storage.write_arrays(os.path.join(partial, file), self._round_state[name])
+        for name, arrays in self._round_state.items():
+            storage.write_arrays(os.path.join(partial, _ROUND_FILES[name]), arrays)
         storage.write_json(os.path.join(partial, "metrics.json"), metrics)
         os.replace(partial, final)
         if self.tensorboard:
@@ -468,9 +525,7 @@ class TicketSearch:
 
     def save_ticket(self, index, path):
         """Saves the wrapped, trained network of completed round `index` as a `.keras` file, atomically."""
-        folder = self._round_dir(index)
-        masking.set_masks(self.model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["masks"])))
-        masking.set_weight_values(self.model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["trained"])))
+        restore_round(self.model, self.run_dir, index)
         with storage.atomic_path(path, ".keras") as temporary:
             self.model.save(temporary)
 
@@ -482,6 +537,24 @@ class TicketSearch:
     def _log(self, message):
         if self.verbose:
             print(message, flush=True)
+
+
+def read_run_config(run_dir):
+    """The `SearchConfig` of the run in `run_dir` (settings added since it started at their defaults)."""
+    return SearchConfig(**storage.read_json(os.path.join(run_dir, "run.json"))["config"])
+
+
+def round_dir(run_dir, index):
+    """The folder of round `index` in a run directory."""
+    return os.path.join(run_dir, f"round_{index:03d}")
+
+
+def restore_round(model, run_dir, index):
+    """Sets a wrapped `model` to the masks and trained weights of completed round `index` of a run; returns it."""
+    folder = round_dir(run_dir, index)
+    masking.set_masks(model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["masks"])))
+    masking.set_weight_values(model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["trained"])))
+    return model
 
 
 def best_round(rounds, max_accuracy_drop=0.005):

@@ -1,0 +1,140 @@
+"""Robustness and transfer of a ticket from a search run directory.
+
+Compares the ticket of one round (default: the run's best round) with the
+dense network (round 0) and the reinit control at the ticket's density
+(trained here, into --output_dir/reinit_control, unless already there):
+accuracy under Gaussian weight noise and under FGSM and PGD attacks on the
+test set. With --transfer_from (a run of the same model on other data of the
+same input shape), it also trains that run's masks on this run's data and
+compares them, round by round, with this run's ticket and the random-mask
+control (see `tf_lottery.analysis.transfer`).
+
+    python examples/analyze_ticket.py --run_dir=runs/fashion --transfer_from=runs/lenet
+
+Writes analysis.json and analysis.png to --output_dir (default: RUN_DIR/analysis).
+"""
+
+import functools
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+from matplotlib import pyplot, ticker  # noqa: E402
+
+from tf_lottery import analysis, datasets, masking, models, storage  # noqa: E402
+from tf_lottery.search import read_run_config, restore_round  # noqa: E402
+
+flags.DEFINE_string("run_dir", None, "Run directory of a ticket search (examples/find_ticket.py).", required=True)
+flags.DEFINE_string("output_dir", None, "Where to write the results and the control runs (default: RUN_DIR/analysis).")
+flags.DEFINE_enum("model", "lenet300_100", sorted(models.MODELS), "The network the run searched.")
+flags.DEFINE_string("data_dir", None, "Folder holding the dataset files, for datasets that need them.")
+flags.DEFINE_integer("round", None, "Round whose ticket to analyze (default: the run's best round).", lower_bound=1)
+flags.DEFINE_list("noise_scales", [str(s) for s in analysis.NOISE_SCALES], "Weight noise scales s (x layer std).")
+flags.DEFINE_integer("noise_repeats", 3, "Noise draws averaged per scale.", lower_bound=1)
+flags.DEFINE_list("epsilons", [str(e) for e in analysis.EPSILONS],
+                  "FGSM and PGD budgets (L-infinity, pixels in [0, 1]).")
+flags.DEFINE_integer("samples", 1000, "Test images the noise and the attacks are measured on.", lower_bound=1)
+flags.DEFINE_string("transfer_from", None, "A run on other data whose masks to train on this run's data.")
+flags.DEFINE_enum("verbose", "0", ["0", "1"], "1: Keras' progress bars while training controls.")
+FLAGS = flags.FLAGS
+
+
+def _plot(report, path):
+    """One panel per analysis: accuracy against noise scale, attack budget and density."""
+    panels = [("noise", "weight noise s (x layer std)")]
+    panels += [(name, f"{name.upper()} epsilon") for name in analysis.ATTACKS]
+    if "transfer" in report:
+        panels.append(("transfer", "density"))
+    figure, axes = pyplot.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for axis, (name, label) in zip(axes[0], panels):
+        if name == "transfer":
+            rows = report["transfer"]["rounds"]
+            curves = {key: {row["density"]: row[key] for row in rows} for key in analysis.TRANSFER_COLUMNS}
+            axis.set_xscale("log")
+            axis.invert_xaxis()
+            for axis_format in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
+                axis_format(ticker.PercentFormatter(1.0, decimals=0))
+        else:
+            curves = report[name] if name == "noise" else report["adversarial"][name]
+        for key, curve in curves.items():
+            axis.plot(list(map(float, curve)), list(curve.values()), marker="o", label=key)
+        axis.set(xlabel=label, ylabel="test accuracy", title=name)
+        axis.legend()
+    figure.tight_layout()
+    with storage.atomic_path(path, ".png") as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    pyplot.close(figure)
+
+
+def _print_table(title, columns, rows):
+    print(f"\n{title:<14}" + "".join(f"{column:>8}" for column in columns))
+    for name, values in rows.items():
+        print(f"{name:<14}" + "".join(f"{value:8.3f}" for value in values))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    run_dir, output_dir = FLAGS.run_dir, FLAGS.output_dir or os.path.join(FLAGS.run_dir, "analysis")
+    try:
+        config = read_run_config(run_dir)
+        history = storage.read_json(os.path.join(run_dir, "history.json"))
+        signature = storage.read_json(os.path.join(run_dir, "run.json"))["signature"]
+        scales, epsilons = [float(s) for s in FLAGS.noise_scales], [float(e) for e in FLAGS.epsilons]
+    except (storage.CorruptFileError, ValueError) as error:
+        raise app.UsageError(f"Cannot analyze {run_dir}: {error}") from None
+    index = FLAGS.round or history["best_round"]
+    if not index or index >= len(history["rounds"]):
+        raise app.UsageError(f"{run_dir} has rounds 0 to {len(history['rounds']) - 1} and its best round is "
+                             f"{history['best_round']}; pass --round=N for a pruned round (N >= 1) it has.")
+    dataset = signature["dataset"]["name"]
+    data = datasets.load(dataset, data_dir=FLAGS.data_dir, seed=config.seed)
+    build = functools.partial(models.get(FLAGS.model), data.input_shape, data.num_classes)
+    shapes = {path: list(value.shape) for path, value in masking.get_weight_values(masking.wrap(build())).items()}
+    if shapes != signature["weights"]:
+        raise app.UsageError(f"{run_dir} did not search --model={FLAGS.model} (its weights differ); "
+                             "pass the --model it searched.")
+    verbose = int(FLAGS.verbose)
+    control_dir = os.path.join(output_dir, "reinit_control")
+    analysis.replay(run_dir, run_dir, control_dir, build, data, index, control="reinit", verbose=verbose)
+    networks = {"ticket": restore_round(masking.wrap(build()), run_dir, index),
+                "dense": restore_round(masking.wrap(build()), run_dir, 0),
+                "reinit": restore_round(masking.wrap(build()), control_dir, index)}
+    images, labels = data.x_test[:FLAGS.samples], data.y_test[:FLAGS.samples]
+    report = {
+        "run_dir": os.path.abspath(run_dir), "dataset": dataset, "round": index, "samples": len(images),
+        "density": {name: masking.sparsity_report(model)["density"] for name, model in networks.items()},
+        "noise": {name: analysis.weight_noise_accuracy(model, images, labels, scales, FLAGS.noise_repeats,
+                                                       config.seed)
+                  for name, model in networks.items()},
+        "adversarial": {attack: {name: analysis.adversarial_accuracy(model, images, labels, epsilons, attack,
+                                                                     seed=config.seed)
+                                 for name, model in networks.items()}
+                        for attack in analysis.ATTACKS},
+    }
+    if FLAGS.transfer_from:
+        try:
+            report["transfer"] = analysis.transfer(run_dir, FLAGS.transfer_from, os.path.join(output_dir, "transfer"),
+                                                   build, data, index, verbose)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+    storage.write_json(os.path.join(output_dir, "analysis.json"), report)
+    _plot(report, os.path.join(output_dir, "analysis.png"))
+    print(f"Round {index} of {run_dir} on {dataset}: ticket {report['density']['ticket']:.1%} of weights, "
+          f"reinit control {report['density']['reinit']:.1%}, dense round 0; test accuracy on {len(images)} images.")
+    _print_table("noise s", scales, {name: curve.values() for name, curve in report["noise"].items()})
+    for attack, curves in report["adversarial"].items():
+        _print_table(f"{attack} eps", epsilons, {name: curve.values() for name, curve in curves.items()})
+    if "transfer" in report:
+        rows = report["transfer"]["rounds"]
+        _print_table("transfer", [f"{row['density']:.1%}" for row in rows],
+                     {key: [row[key] for row in rows] for key in analysis.TRANSFER_COLUMNS})
+    print(f"\nResults: {os.path.join(output_dir, 'analysis.json')} and analysis.png")
+
+
+if __name__ == "__main__":
+    app.run(main)
