@@ -1,0 +1,105 @@
+"""tf_lottery.plots: figures are real PNGs with content; aggregation over seeds; examples/plot_run.py."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from tf_lottery import plots, storage
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def synthetic_history(seed=0, rounds=6, iterations=400, period=50, start=0.85):
+    """A history shaped like TicketSearch's: density 0.8**r, noisy curves, an early stop per round."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for index in range(rounds):
+        density = 0.8 ** index
+        curve = []
+        for step in range(period, iterations + 1, period):
+            progress = step / iterations
+            curve.append({"iteration": step, "val_loss": 0.6 - 0.2 * progress + 0.3 * (progress - 0.7) ** 2
+                          + 0.01 * rng.random(), "val_accuracy": start + 0.05 * progress,
+                          "test_accuracy": start + 0.05 * progress - 0.002 * index + 0.003 * rng.random(),
+                          "test_loss": 0.5})
+        early = min(curve, key=lambda point: point["val_loss"])
+        entries.append({"round": index, "density": density, "layer_density": {"fc1/kernel": density},
+                        "iterations": iterations, "test_accuracy": curve[-1]["test_accuracy"],
+                        "val_accuracy": curve[-1]["val_accuracy"], "early_stop_iteration": early["iteration"],
+                        "early_stop_test_accuracy": early["test_accuracy"], "seconds": 1.0 + index, "curve": curve})
+    return {"rounds": entries, "best_round": 0}
+
+
+def assert_real_png(path, min_bytes=10_000):
+    path = pathlib.Path(path)
+    assert path.is_file() and path.stat().st_size > min_bytes, path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(path)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500
+    assert pixels[..., :3].std() > 0.05  # Not blank: lines, text and bands.
+    # Colored content (the lines), not only black text on white.
+    rgb = pixels[..., :3]
+    assert (rgb.max(axis=-1) - rgb.min(axis=-1) > 0.3).mean() > 0.002
+
+
+def test_aggregate_mean_min_max_over_seeds():
+    first, second = synthetic_history(0), synthetic_history(1, rounds=4)
+    line = plots.aggregate([first, second], "early_stop_test_accuracy")
+    assert line["runs"] == 2 and len(line["mean"]) == 4  # Only the rounds both completed.
+    a = [r["early_stop_test_accuracy"] for r in first["rounds"][:4]]
+    b = [r["early_stop_test_accuracy"] for r in second["rounds"]]
+    np.testing.assert_allclose(line["mean"], (np.array(a) + b) / 2)
+    np.testing.assert_allclose(line["min"], np.minimum(a, b))
+    np.testing.assert_allclose(line["max"], np.maximum(a, b))
+    np.testing.assert_allclose(line["density"], [0.8 ** i for i in range(4)])
+    with pytest.raises(ValueError, match="at least one"):
+        plots.aggregate([], "test_accuracy")
+
+
+def test_density_figures_three_lines_with_bands(tmp_path):
+    lines = {kind: plots.aggregate([synthetic_history(s + 10 * k) for s in range(2)], "early_stop_test_accuracy")
+             for k, kind in enumerate(("ticket", "reinit", "random_mask"))}
+    accuracy = plots.plot_accuracy_vs_density(lines, tmp_path / "accuracy.png", dense_accuracy=0.86,
+                                              title="Synthetic: accuracy")
+    stops = {kind: plots.aggregate([synthetic_history(s)], "early_stop_iteration") for s, kind in enumerate(lines)}
+    early = plots.plot_early_stop_vs_density(stops, tmp_path / "early.png")
+    for path in (accuracy, early):
+        assert_real_png(path)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]  # Written atomically.
+
+
+def test_plot_run_writes_three_figures(tmp_path):
+    paths = plots.plot_run(synthetic_history(), tmp_path, name="synthetic")
+    assert set(paths) == {"curves", "accuracy", "early_stop"}
+    for path in paths.values():
+        assert_real_png(path)
+
+
+def test_plot_run_example_reads_a_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    storage.write_json(run_dir / "history.json", synthetic_history(rounds=3))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "plot_run.py"), f"--run_dir={run_dir}"],
+                            capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for suffix in ("curves", "accuracy", "early_stop"):
+        assert_real_png(run_dir / "plots" / f"run_{suffix}.png")
+    missing = subprocess.run([sys.executable, str(ROOT / "examples" / "plot_run.py"),
+                              f"--run_dir={tmp_path / 'nothing'}"], capture_output=True, text=True, env=env,
+                             timeout=120, cwd=ROOT)
+    assert missing.returncode != 0 and "history.json" in missing.stderr
+
+
+def test_empty_inputs_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        plots.plot_metric_vs_density({}, tmp_path / "x.png", ylabel="y")
+    history = synthetic_history()
+    for entry in history["rounds"]:
+        entry.pop("curve")
+    with pytest.raises(ValueError, match="curve"):
+        plots.plot_training_curves(history, tmp_path / "x.png")

@@ -1,0 +1,203 @@
+"""Figures of ticket searches, in the style of the lottery-ticket paper (matplotlib).
+
+Every function draws on its own `matplotlib.figure.Figure` and writes a PNG with
+the Agg renderer; nothing touches `matplotlib.pyplot` or the global backend, so
+importing this module is safe in notebooks, servers and tests alike.
+
+Inputs are the `history.json` dicts a `TicketSearch` writes (`{"rounds": [...]}`,
+see `tf_lottery.search`), or several of them (seeds of one experiment) reduced by
+`aggregate` to mean / min / max per round:
+
+    histories = {"ticket": [h_seed0, h_seed1], "reinit": [...], "random mask": [...]}
+    lines = {label: aggregate(runs, "early_stop_test_accuracy") for label, runs in histories.items()}
+    plot_metric_vs_density(lines, "accuracy.png", ylabel="Test accuracy at early stop (%)", percent=True)
+
+`plot_run(history, output_dir)` draws every figure of one run (what
+`examples/plot_run.py` writes).
+"""
+
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from tf_lottery import storage
+
+# Colors of the paper's figures: the ticket blue, random re-initialization orange, random mask green.
+COLORS = {"ticket": "#1f77b4", "reinit": "#ff7f0e", "random_mask": "#2ca02c"}
+LABELS = {"ticket": "Winning ticket (original init)", "reinit": "Same mask, random re-init",
+          "random_mask": "Random mask, same layer densities"}
+_FALLBACK_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def load_history(run_dir):
+    """The history dict of the run in `run_dir` (its `history.json`)."""
+    return storage.read_json(os.path.join(run_dir, "history.json"))
+
+
+def aggregate(histories, metric):
+    """Mean, min and max of `metric` per round over `histories` (e.g. one per seed).
+
+    Rounds are matched by index; only the rounds every history completed are
+    kept. Returns `{"density": [...], "mean": [...], "min": [...], "max": [...],
+    "runs": n}` with the density of each round (its mean over the histories;
+    runs replaying one mask schedule share it exactly).
+    """
+    if not histories:
+        raise ValueError("aggregate needs at least one history.")
+    count = min(len(history["rounds"]) for history in histories)
+    if count == 0:
+        raise ValueError("A history has no completed rounds; nothing to aggregate.")
+    values = np.array([[float(history["rounds"][i][metric]) for i in range(count)] for history in histories])
+    density = np.array([[float(history["rounds"][i]["density"]) for i in range(count)] for history in histories])
+    return {"density": density.mean(axis=0).tolist(), "mean": values.mean(axis=0).tolist(),
+            "min": values.min(axis=0).tolist(), "max": values.max(axis=0).tolist(), "runs": len(histories)}
+
+
+def _style(name, index):
+    color = COLORS.get(name, _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
+    return color, LABELS.get(name, name)
+
+
+def _density_axis(axis, densities):
+    """Log-scaled x axis of percent of weights remaining, dense on the left (as in the paper)."""
+    percents = sorted({round(100 * d, 10) for d in densities}, reverse=True)
+    axis.set_xscale("log")
+    low, high = min(percents), max(percents)
+    axis.set_xlim(high * 1.15, low / 1.15)  # Inverted: sparser to the right.
+    step = max(1, -(-len(percents) // 9))   # At most ~9 labels.
+    shown = percents[::step]
+    if percents[-1] not in shown:
+        shown.append(percents[-1])
+    axis.xaxis.set_major_locator(FixedLocator(shown))
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+    axis.set_xlabel("Percent of weights remaining (log scale)")
+
+
+def plot_metric_vs_density(lines, path, *, ylabel, title=None, percent=False, reference=None,
+                           reference_label=None):
+    """One line per entry of `lines` (`{name: aggregate(...)}`), with a min/max band.
+
+    x: percent of weights remaining, log scale. `percent` multiplies values by
+    100 (accuracies stored as fractions). `reference`: a y value drawn as a
+    dashed horizontal line (e.g. the dense network's accuracy). Returns `path`.
+    """
+    if not lines:
+        raise ValueError("Nothing to plot: `lines` is empty.")
+    scale = 100.0 if percent else 1.0
+    figure = Figure(figsize=(7.5, 5.5), dpi=120)
+    axis = figure.add_subplot()
+    densities = []
+    for index, (name, line) in enumerate(lines.items()):
+        color, label = _style(name, index)
+        x = 100 * np.asarray(line["density"])
+        mean, low, high = (scale * np.asarray(line[key]) for key in ("mean", "min", "max"))
+        runs = line.get("runs", 1)
+        axis.plot(x, mean, "o-", color=color, markersize=4, linewidth=1.8,
+                  label=f"{label} (mean of {runs})" if runs > 1 else label)
+        if runs > 1:
+            axis.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        densities.extend(line["density"])
+    if reference is not None:
+        axis.axhline(scale * reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
+    _density_axis(axis, densities)
+    axis.set_ylabel(ylabel)
+    if title:
+        axis.set_title(title)
+    axis.grid(True, which="major", alpha=0.3)
+    bands = any(line.get("runs", 1) > 1 for line in lines.values())
+    legend_title = "shaded: min to max over seeds" if bands else None
+    # Below the axes, so it never hides a line or a band.
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small", title=legend_title,
+                title_fontsize="small", frameon=False)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_accuracy_vs_density(lines, path, *, title=None, dense_accuracy=None):
+    """Test accuracy at early stop (%) vs percent of weights remaining (the paper's Figures 1, 3, 4)."""
+    return plot_metric_vs_density(
+        lines, path, ylabel="Test accuracy at early stop (%)", percent=True,
+        title=title or "Test accuracy at early stop vs weights remaining",
+        reference=dense_accuracy, reference_label="Dense network (round 0)" if dense_accuracy is not None else None)
+
+
+def plot_early_stop_vs_density(lines, path, *, title=None):
+    """Early-stop iteration (minimum validation loss) vs percent of weights remaining."""
+    return plot_metric_vs_density(
+        lines, path, ylabel="Early-stop iteration (min. validation loss)",
+        title=title or "Early-stop iteration vs weights remaining")
+
+
+def plot_training_curves(history, path, *, metric="test_accuracy", title=None, max_lines=8):
+    """`metric` over training iterations, one line per round (at most `max_lines`, evenly spread).
+
+    Each line is labelled with its percent of weights remaining; a marker shows
+    the round's early-stop point (minimum validation loss).
+    """
+    rounds = [r for r in history["rounds"] if r.get("curve")]
+    if not rounds:
+        raise ValueError("The history holds no training curves (rounds without a 'curve').")
+    if len(rounds) > max_lines:
+        picks = np.unique(np.round(np.linspace(0, len(rounds) - 1, max_lines)).astype(int))
+        rounds = [rounds[i] for i in picks]
+    percent = metric.endswith("accuracy")
+    scale = 100.0 if percent else 1.0
+    figure = Figure(figsize=(7, 4.5), dpi=120)
+    axis = figure.add_subplot()
+    colors = _gradient(len(rounds))
+    for color, entry in zip(colors, rounds):
+        iterations = [point["iteration"] for point in entry["curve"]]
+        values = [scale * point[metric] for point in entry["curve"]]
+        axis.plot(iterations, values, "-", color=color, linewidth=1.5,
+                  label=f"{100 * entry['density']:.3g}% (round {entry['round']})")
+        early = min(entry["curve"], key=lambda point: point["val_loss"])
+        axis.plot([early["iteration"]], [scale * early[metric]], "o", color=color, markersize=5)
+    axis.set_xlabel("Training iteration")
+    axis.set_ylabel(_metric_label(metric))
+    axis.set_title(title or f"{_metric_label(metric)} during training, by weights remaining")
+    axis.grid(True, alpha=0.3)
+    axis.legend(loc="best", fontsize="small", title="weights remaining (dot: early stop)",
+                title_fontsize="small", ncol=2 if len(rounds) > 4 else 1)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_run(history, output_dir, *, name="run", title=None):
+    """Every figure of one run: training curves, accuracy and early stop vs density.
+
+    Returns `{"curves": path, "accuracy": path, "early_stop": path}`.
+    """
+    label = title or name
+    lines_accuracy = {name: aggregate([history], "early_stop_test_accuracy")}
+    lines_early = {name: aggregate([history], "early_stop_iteration")}
+    dense = history["rounds"][0]["early_stop_test_accuracy"] if history["rounds"] else None
+    return {
+        "curves": plot_training_curves(history, os.path.join(output_dir, f"{name}_curves.png"),
+                                       title=f"{label}: test accuracy during training"),
+        "accuracy": plot_accuracy_vs_density(lines_accuracy, os.path.join(output_dir, f"{name}_accuracy.png"),
+                                             title=f"{label}: test accuracy at early stop", dense_accuracy=dense),
+        "early_stop": plot_early_stop_vs_density(lines_early, os.path.join(output_dir, f"{name}_early_stop.png"),
+                                                 title=f"{label}: early-stop iteration"),
+    }
+
+
+def _metric_label(metric):
+    known = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validation accuracy (%)",
+             "val_loss": "Validation loss", "test_loss": "Test loss"}
+    return known.get(metric, metric.replace("_", " "))
+
+
+def _gradient(count):
+    """`count` colors from dark blue (dense) to yellow (sparsest)."""
+    from matplotlib import colormaps
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, count)]
+
+
+def _save(figure, path):
+    """Writes `figure` as a PNG, atomically (temporary name, then rename)."""
+    with storage.atomic_path(path, ".png") as temporary:
+        figure.savefig(temporary, format="png")
+    return path
