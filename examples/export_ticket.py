@@ -7,7 +7,16 @@ validation accuracy is within --max_accuracy_drop of the dense round 0. The
 run's dataset (from run.json) provides the inputs for int8 calibration, PQAT
 fine-tuning and the parity checks. --output_dir receives `saved_model/`, one
 `<variant>.tflite` per --variants entry (see `tf_lottery.export.VARIANTS`) and
-`export_report.json` (sizes, density, parity of every file).
+`export_report.json` (sizes, density, parity of every file, and how each TFLite
+file stores its weights).
+
+--fastest also writes `fastest.tflite`: the quantization whose TFLite sparse
+kernel matches the ticket's block structure (float for a 1x4 ticket, int8 for
+1x16, dynamic-range int8 for an unstructured one; `export_tflite(...,
+quantize="fastest")`), and prints whether the file stores its fully-connected
+weights block-sparse as that kernel needs:
+
+    python examples/export_ticket.py --run_dir=runs/b16 --output_dir=runs/b16/export --fastest --variants=float
 """
 
 import os
@@ -24,6 +33,8 @@ flags.DEFINE_float("max_accuracy_drop", 0.005, "Largest validation-accuracy drop
 flags.DEFINE_string("output_dir", None, "Folder for the exported files and export_report.json.")
 flags.DEFINE_string("data_dir", None, "Folder holding the run's dataset files, for datasets that need them.")
 flags.DEFINE_list("variants", list(export.VARIANTS), f"TFLite files to write, from {list(export.VARIANTS)}.")
+flags.DEFINE_bool("fastest", False, "Also write fastest.tflite, quantized to match the ticket's block structure "
+                  "(float for 1x4 blocks, int8 for 1x16, dynamic for unstructured tickets).")
 flags.mark_flags_as_required(["run_dir", "output_dir"])
 flags.register_validator("variants", lambda names: bool(names) and set(names) <= set(export.VARIANTS),
                          f"--variants must be a non-empty subset of {list(export.VARIANTS)}.")
@@ -61,12 +72,27 @@ def main(argv):
         entries[f"{variant}.tflite"] = export.export_tflite(
             model, os.path.join(FLAGS.output_dir, f"{variant}.tflite"), representative_data=sample,
             **export.VARIANTS[variant])
+    if FLAGS.fastest:
+        entries["fastest.tflite"] = export.export_tflite(
+            model, os.path.join(FLAGS.output_dir, "fastest.tflite"), representative_data=sample,
+            quantize=export.FASTEST)
     baseline = entries.get("float.tflite", {}).get("bytes")
     print(f"{'file':<20} {'bytes':>10} {'gzip bytes':>11} {'x float':>8} {'top-1 agreement':>16}")
     for name, entry in entries.items():
         ratio = f"{entry['bytes'] / baseline:.3f}" if baseline and name.endswith(".tflite") else "-"
         print(f"{name:<20} {entry['bytes']:>10,} {entry['gzip_bytes']:>11,} {ratio:>8} "
               f"{entry['parity']['top1_agreement']:>16.2%}")
+    if FLAGS.fastest:
+        entry = entries["fastest.tflite"]
+        check = entry["block_sparse_check"]
+        stored = ", ".join(f"{w['layer'] or w['tensor']}: {w['storage']}"
+                           f"{' ' + 'x'.join(map(str, w['block'])) if w['block'] else ''}"
+                           f"{' (densified at load)' if w['densified'] else ''}" for w in entry["weights"])
+        verdict = ("not applicable (no TFLite block kernel fits this ticket)" if check["met"] is None else
+                   "met" if check["met"] else "MISSED: " + "; ".join(check["problems"]))
+        print(f"fastest.tflite: quantize={entry['quantize'] or 'float'} for a "
+              f"{'x'.join(map(str, entry['block'])) if entry['block'] else 'unstructured'} ticket. "
+              f"Weights: {stored}. Block-sparse check: {verdict}.")
     print(f"Report: {os.path.join(FLAGS.output_dir, export.REPORT_NAME)}")
 
 

@@ -29,6 +29,48 @@ and a parity check of the file against the Keras model on (up to
 (SavedModel) or the LiteRT interpreter (TFLite). A file outside `TOLERANCES`
 raises `ParityError` and is not written. Every file is written under a
 temporary name and renamed into place.
+
+Block-sparse tickets and the fastest file. TFLite runs a fully-connected layer
+faster than dense only when its weight tensor (TFLite layout `[out, in]`) is
+stored in blocks along `in` that its sparse kernels read: 1x4 blocks in float
+files, 1x16 in int8 and dynamic-range files (`KERNEL_BLOCKS`). The converter
+picks that storage by itself for a weight tensor whose zeros come in such
+blocks and which is at most `SPARSE_STORAGE_MAX_DENSITY` nonzero; any other
+sparse tensor is stored unstructured and expanded to dense when the file is
+loaded (a DENSIFY op), so it runs at dense speed. Tickets searched with
+`PruningPlan(block=(1, 4))` or `(1, 16)` (`find_ticket.py --block=1x16`) have
+such zeros in every Dense kernel:
+
+* `export_tflite(..., block="auto")` (the default) reads the ticket's block
+  structure from the zeros of its Dense kernels (`block_structure`): `(1, 16)`
+  or `(1, 4)` if every Dense kernel's zeros fill whole blocks of that shape
+  (the largest that fits), else `None`. Pass `block=(1, 16)` / `"1x16"` to
+  insist (an error names a kernel that does not fit), or `None`.
+* `quantize="fastest"` picks the quantization whose kernel matches that
+  structure (`FASTEST_QUANTIZE`): float for 1x4, `"int8"` for 1x16 (which needs
+  `representative_data`), and for unstructured tickets, which run at dense
+  speed in every format, `"dynamic"`, the fastest of those in
+  `benchmarks/block_tickets.py`.
+* TFLite's block-sparse kernels (TF 2.21) compute wrong outputs when a layer's
+  input size is not a multiple of the block width (LeNet-300-100's 300 and
+  100 inputs for 1x16: the partial last block reads past the input). So before
+  converting, every such Dense layer whose kernel is block-structured reads its
+  input zero-padded to the next multiple (one PAD op; the kernel gets zero rows
+  that are never stored). The outputs are unchanged (the parity check compares
+  them with the unpadded model); the entry lists the padded layers.
+* After conversion, the file's flatbuffer is read (`tflite_weights`): every
+  weight tensor of a FULLY_CONNECTED or convolution op is reported with its
+  storage (`"dense"`, `"sparse"` or `"block_sparse"` and the block), whether
+  a DENSIFY op expands it at load, and its density. For a ticket whose block
+  structure fits the kernel of a FULLY_CONNECTED weight's stored type
+  (`STORED_BLOCKS`: float32 1x4, int8 1x16), the weight must be stored
+  block-sparse in that block (or dense, if denser than
+  `SPARSE_STORAGE_MAX_DENSITY`); each weight's `expected_block` and the
+  entry's `block_sparse_check` (`expected_block`: the quantization's kernel
+  block, `met`, `problems`) give the outcome, and a file that
+  misses it raises a `BlockSparsityWarning` (it is still written: its outputs
+  are right, only its speed is not). Convolution kernels have no block-sparse
+  TFLite kernel; they are reported, never expected block-sparse.
 """
 
 import contextlib
@@ -43,11 +85,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
+# TFLite's flatbuffer schema, compiled for Python; TensorFlow ships it (it has no public name).
+from tensorflow.lite.python import schema_py_generated as tflite_schema
 
 from tf_lottery import masking, storage, tfmot_bridge
 
 REPORT_NAME = "export_report.json"
 QUANTIZE_MODES = (None, "dynamic", "int8", "pqat")
+FASTEST = "fastest"
+
+#: The block (`[out, in]` layout) of TFLite's fast sparse fully-connected kernel for each quantization:
+#: the converter stores a weight tensor in these blocks when its zeros fill whole blocks.
+KERNEL_BLOCKS = {None: (1, 4), "dynamic": (1, 16), "int8": (1, 16), "pqat": (1, 16)}
+#: The same by the stored weight's type ("dynamic" keeps weights under 1,024 values in float32).
+STORED_BLOCKS = {"float32": (1, 4), "int8": (1, 16)}
+#: The block structures `block_structure` recognizes, largest first.
+BLOCK_SHAPES = ((1, 16), (1, 4))
+#: What `quantize="fastest"` exports, by the ticket's block structure (`None`: unstructured).
+FASTEST_QUANTIZE = {(1, 16): "int8", (1, 4): None, None: "dynamic"}
+#: TFLite's converter (TF 2.21) stores a weight tensor sparse only when at most this fraction of it is nonzero.
+SPARSE_STORAGE_MAX_DENSITY = 0.7
+#: Ops whose input 1 is a weight tensor, reported by `tflite_weights`.
+WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV")
 
 #: The TFLite files `examples/export_ticket.py` writes, as `export_tflite` arguments.
 #: `float` is the dense baseline the others are compared with.
@@ -78,6 +137,10 @@ class ParityError(ValueError):
     """An exported file's outputs differ from the Keras model's beyond `TOLERANCES`."""
 
 
+class BlockSparsityWarning(UserWarning):
+    """A TFLite file does not store its fully-connected weights in the block-sparse format its ticket allows."""
+
+
 def export_saved_model(model, path, *, representative_data=None):
     """Strips `model` and writes it as a SavedModel folder at `path`.
 
@@ -104,36 +167,51 @@ def export_saved_model(model, path, *, representative_data=None):
     return _record(path, {"format": "saved_model", "density": density(plain), **_sizes(path), "parity": parity})
 
 
-def export_tflite(model, path, *, quantize=None, representative_data=None, sparse=True, pqat_epochs=PQAT_EPOCHS):
+def export_tflite(model, path, *, quantize=None, representative_data=None, sparse=True, pqat_epochs=PQAT_EPOCHS,
+                  block="auto"):
     """Strips `model` and writes it as a TFLite file at `path`.
 
     Args:
         model: a wrapped or plain Keras model with one input and one output.
         path: the `.tflite` file; an existing one is replaced.
         quantize: `None`, `"dynamic"`, `"int8"` or `"pqat"` (see the module
-            docstring).
+            docstring), or `"fastest"`: the one `FASTEST_QUANTIZE` gives for
+            the ticket's block structure (`block`).
         representative_data: real inputs, a few hundred or more: calibration
             data for `"int8"`, fine-tuning data for `"pqat"` (both need them),
             and the parity check's inputs.
         sparse: store mostly-zero weight tensors in TFLite's sparse format.
         pqat_epochs: fine-tuning epochs over `representative_data` for `"pqat"`.
+        block: the ticket's block structure in TFLite's `[out, in]` layout:
+            `"auto"` reads it from the zeros of the Dense kernels
+            (`block_structure`); `(1, 4)`, `(1, 16)` (or `"1x4"`, `"1x16"`)
+            insists on it; `None` means unstructured. It decides
+            `quantize="fastest"` and the block-sparse check.
 
     Returns:
         The file's entry in `export_report.json`.
     """
-    if quantize not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be one of {QUANTIZE_MODES}; got {quantize!r}.")
-    if quantize in ("int8", "pqat") and representative_data is None:
-        raise ValueError(f"quantize={quantize!r} needs representative_data: a few hundred real inputs, "
-                         "e.g. representative_data=x_train[:500].")
+    if quantize not in QUANTIZE_MODES + (FASTEST,):
+        raise ValueError(f"quantize must be one of {QUANTIZE_MODES + (FASTEST,)}; got {quantize!r}.")
     plain = _plain(model)
+    block = _ticket_block(plain, block)
+    requested, quantize = quantize, FASTEST_QUANTIZE[block] if quantize == FASTEST else quantize
+    if quantize in ("int8", "pqat") and representative_data is None:
+        chosen = f"quantize='fastest' picks {quantize!r} for this {_block_name(block)} ticket; it" \
+            if requested == FASTEST else f"quantize={quantize!r}"
+        raise ValueError(f"{chosen} needs representative_data: a few hundred real inputs, "
+                         "e.g. representative_data=x_train[:500].")
     data = _as_inputs(plain, representative_data)
+    kernel_width = KERNEL_BLOCKS[quantize][1]
+    # TFLite's block-sparse kernels need whole blocks: pad the inputs of the layers they would run.
+    converted, padded = _pad_dense_inputs(plain, kernel_width, standard_layers=quantize == "pqat") if sparse \
+        else (plain, {})
     with tempfile.TemporaryDirectory() as folder:
         if quantize == "pqat":
-            qat_model = tfmot_bridge.prune_preserving_qat(plain, data, epochs=pqat_epochs)
+            qat_model = tfmot_bridge.prune_preserving_qat(converted, data, epochs=pqat_epochs)
             converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
         else:
-            plain.export(folder, format="tf_saved_model", verbose=False)
+            converted.export(folder, format="tf_saved_model", verbose=False)
             converter = tf.lite.TFLiteConverter.from_saved_model(folder)
         converter.optimizations = ([tf.lite.Optimize.DEFAULT] if quantize else []) + (
             [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else [])
@@ -149,20 +227,287 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
         interpreter = load_interpreter(temporary)
         parity = _parity(plain, lambda x: run_tflite(interpreter, x), data, quantize or "float")
     sparse_tensors = sum(bool(t["sparsity_parameters"]) for t in interpreter.get_tensor_details())
-    return _record(path, {"format": "tflite", "quantize": quantize, "sparse": sparse, "density": density(plain),
-                          **_sizes(path), "sparse_tensors": sparse_tensors, "parity": parity})
+    weights = _name_layers(tflite_weights(content), plain, padded)
+    check = _block_check(weights, block if sparse else None, quantize)
+    if check["met"] is False:
+        warnings.warn(f"{os.fspath(path)} does not store all its fully-connected weights in the blocks TFLite's "
+                      "sparse kernels read, so those run at dense speed: " + "; ".join(check["problems"]),
+                      BlockSparsityWarning, stacklevel=2)
+    return _record(path, {"format": "tflite", "quantize": quantize, "requested_quantize": requested,
+                          "sparse": sparse, "density": density(plain), "block": list(block) if block else None,
+                          **_sizes(path), "sparse_tensors": sparse_tensors, "padded_inputs": padded,
+                          "block_sparse_check": check, "weights": weights, "parity": parity})
 
 
-def load_interpreter(path, *, preserve_all_tensors=False):
+def block_structure(model):
+    """The TFLite block (`[out, in]` layout) that the zeros of `model`'s Dense kernels come in.
+
+    `(1, 16)` or `(1, 4)` (the largest of `BLOCK_SHAPES` that fits) if, in every
+    Dense kernel, each block of that many consecutive inputs of one output is
+    all zero or all nonzero (a partial block at the edge counts as a block),
+    and some block is zero; else `None` (unstructured, or no zeros at all).
+    Other layers (convolutions) are not looked at: TFLite has no block-sparse
+    kernel for them.
+    """
+    return _block_structure(_plain(model))
+
+
+def tflite_weights(tflite_file):
+    """How a TFLite file stores the weights of its FULLY_CONNECTED and convolution ops, read from its flatbuffer.
+
+    Args:
+        tflite_file: a `.tflite` path, or the file's bytes.
+
+    Returns:
+        One dict per weight tensor (input 1 of an op in `WEIGHT_OPS`), in op order:
+        `tensor` (name), `op`, `shape` (TFLite layout: `[out, in]` for
+        FULLY_CONNECTED), `dtype`, `storage` (`"dense"`, `"sparse"`:
+        unstructured, or `"block_sparse"`), `block` (`[rows, cols]` of a
+        block-sparse tensor, else `None`), `densified` (a DENSIFY op expands it
+        to dense at load, so the op runs at dense speed), `density` (nonzero
+        values over the dense size; `None` if the values are not in the file).
+    """
+    content = pathlib.Path(tflite_file).read_bytes() if isinstance(tflite_file, (str, os.PathLike)) \
+        else bytes(tflite_file)
+    model = tflite_schema.Model.GetRootAs(content, 0)
+    op_names = {code: name for name, code in vars(tflite_schema.BuiltinOperator).items() if not name.startswith("_")}
+    type_names = {code: name for name, code in vars(tflite_schema.TensorType).items() if not name.startswith("_")}
+    opcodes = [op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+               for code in map(model.OperatorCodes, range(model.OperatorCodesLength()))]
+    found = []
+    for graph in map(model.Subgraphs, range(model.SubgraphsLength())):
+        operators = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+        densified = {int(op.Outputs(0)): int(op.Inputs(0)) for op in operators
+                     if opcodes[op.OpcodeIndex()] == "DENSIFY"}
+        for op in operators:
+            name = opcodes[op.OpcodeIndex()]
+            if name not in WEIGHT_OPS or op.InputsLength() < 2 or op.Inputs(1) < 0:
+                continue
+            index = densified.get(int(op.Inputs(1)), int(op.Inputs(1)))
+            tensor = graph.Tensors(index)
+            shape = [int(n) for n in tensor.ShapeAsNumpy()]
+            block = _stored_block(tensor.Sparsity(), len(shape))
+            dtype = type_names.get(tensor.Type(), str(tensor.Type())).lower()
+            found.append({
+                "tensor": tensor.Name().decode(), "op": name, "shape": shape, "dtype": dtype,
+                "storage": "dense" if tensor.Sparsity() is None else "block_sparse" if block else "sparse",
+                "block": block, "densified": index != int(op.Inputs(1)),
+                "density": _stored_density(model.Buffers(tensor.Buffer()), content, dtype, shape)})
+    return found
+
+
+def _stored_block(sparsity, rank):
+    """`[rows, cols]` of a block-sparse tensor's blocks, or `None` (dense, or sparse without blocks)."""
+    if sparsity is None or sparsity.BlockMapLength() == 0:
+        return None
+    block = [1] * rank
+    for k in range(sparsity.BlockMapLength()):
+        block[sparsity.BlockMap(k)] = int(sparsity.DimMetadata(rank + k).DenseSize())
+    return block
+
+
+def _stored_density(buffer, content, dtype, shape):
+    """Nonzero stored values over the dense size of a tensor; `None` if its values are not in the file."""
+    if buffer.DataLength():
+        raw = buffer.DataAsNumpy().tobytes()
+    elif buffer.Offset() > 1:  # Values stored after the flatbuffer (files over 2 GB).
+        raw = content[buffer.Offset():buffer.Offset() + buffer.Size()]
+    else:
+        return None
+    try:
+        values = np.frombuffer(raw, np.dtype(dtype))
+    except TypeError:  # A type NumPy lacks (int4, bfloat16).
+        return None
+    return int(np.count_nonzero(values)) / max(1, int(np.prod(shape)))
+
+
+def _block_name(block):
+    return "x".join(map(str, block)) if block else "unstructured"
+
+
+def _dense_kernels(plain):
+    """`{layer name: kernel}` of the Dense layers of a plain model (nested models included)."""
+    return {prefix + layer.name: keras.ops.convert_to_numpy(layer.kernel) for prefix, layer in masking._walk(plain)
+            if isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2}
+
+
+def _in_blocks(kernel, width):
+    """Whether the zeros of a Keras `[in, out]` kernel fill whole blocks of `width` consecutive inputs."""
+    nonzero = (kernel != 0).astype(np.int32)
+    starts = np.arange(0, kernel.shape[0], width)
+    counts = np.add.reduceat(nonzero, starts, axis=0)
+    sizes = np.diff(np.append(starts, kernel.shape[0]))[:, None]
+    return bool(np.all((counts == 0) | (counts == sizes)))
+
+
+def _block_structure(plain):
+    kernels = list(_dense_kernels(plain).values())
+    if all(np.all(kernel) for kernel in kernels):
+        return None
+    return next((block for block in BLOCK_SHAPES if all(_in_blocks(k, block[1]) for k in kernels)), None)
+
+
+def _ticket_block(plain, block):
+    """The ticket's block structure from the `block` argument of `export_tflite`."""
+    if isinstance(block, str) and block == "auto":
+        return _block_structure(plain)
+    if block is None:
+        return None
+    parsed = block
+    if isinstance(block, str):
+        rows, _, cols = block.partition("x")
+        parsed = (int(rows), int(cols)) if rows.isdigit() and cols.isdigit() else None
+    try:
+        parsed = tuple(parsed)
+    except TypeError:
+        parsed = None
+    if parsed not in BLOCK_SHAPES:
+        raise ValueError(f"block must be 'auto', None, (1, 4), (1, 16), '1x4' or '1x16'; got {block!r}.")
+    misfits = [name for name, kernel in _dense_kernels(plain).items() if not _in_blocks(kernel, parsed[1])]
+    if misfits:
+        raise ValueError(f"block={parsed}, but the zeros of Dense layer(s) {misfits} do not fill whole "
+                         f"1x{parsed[1]} blocks of consecutive inputs. Export the ticket a block search found "
+                         f"(find_ticket.py --block={_block_name(parsed)}), or pass block='auto'.")
+    return parsed
+
+
+class _PadFeatures(keras.layers.Layer):
+    """Zero-pads the last axis of a batch of vectors by `amount` (one TFLite PAD op)."""
+
+    def __init__(self, amount, **kwargs):
+        super().__init__(**kwargs)
+        self.amount = amount
+
+    def call(self, x):
+        return keras.ops.pad(x, [[0, 0], [0, self.amount]])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + self.amount)
+
+    def get_config(self):
+        return {**super().get_config(), "amount": self.amount}
+
+
+def _pad_dense_inputs(plain, width, *, standard_layers=False):
+    """A copy of `plain` in which block-structured Dense layers read whole blocks of `width` inputs.
+
+    Every Dense layer of 2-D inputs whose input size is not a multiple of
+    `width` and whose kernel's zeros fill whole 1 x `width` blocks (so that
+    TFLite would store it block-sparse) reads its input zero-padded to the next
+    multiple, with zero rows added to its kernel: the outputs are unchanged.
+    `standard_layers` pads with Reshape/ZeroPadding2D/Reshape (which
+    `tfmot_bridge` translates) instead of one `_PadFeatures` layer.
+
+    Returns:
+        `(model, {layer name: [inputs, padded inputs]})`; `plain` itself if no layer needs it.
+    """
+    targets = {}
+    for prefix, layer in masking._walk(plain):
+        if not (isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2
+                and len(layer.get_weights()) == (2 if layer.use_bias else 1) and len(layer._inbound_nodes) == 1
+                and len(layer.input.shape) == 2):
+            continue
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        if kernel.shape[0] % width and not np.all(kernel) and _in_blocks(kernel, width):
+            targets[id(layer)] = (prefix + layer.name, kernel.shape[0], -(-kernel.shape[0] // width) * width)
+    if not targets:
+        return plain, {}
+    copies = []
+
+    def padded_call(copy, size, amount):
+        def call(x, **kwargs):
+            if standard_layers:
+                x = keras.layers.Reshape((1, size, 1))(x)
+                x = keras.layers.ZeroPadding2D(((0, 0), (0, amount)))(x)
+                x = keras.layers.Reshape((size + amount,))(x)
+            else:
+                x = _PadFeatures(amount)(x)
+            return copy(x, **kwargs)
+        return call
+
+    def rebuild(model):
+        made = {}
+
+        def operation_fn(layer):
+            if id(layer) not in made:
+                if isinstance(layer, keras.Model):
+                    made[id(layer)] = rebuild(layer)
+                elif id(layer) in targets:
+                    copy = layer.__class__.from_config(layer.get_config())  # Built by its first (padded) call.
+                    kernel, *rest = layer.get_weights()
+                    amount = targets[id(layer)][2] - kernel.shape[0]
+                    copies.append((copy, [np.pad(kernel, ((0, amount), (0, 0))), *rest]))
+                    made[id(layer)] = padded_call(copy, kernel.shape[0], amount)
+                else:
+                    copy = masking._fresh_copy(layer)
+                    copies.append((copy, layer.get_weights()))
+                    made[id(layer)] = copy
+            return made[id(layer)]
+
+        inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype) for x in model.inputs]
+        graph = keras.Model(model.inputs, model.outputs)  # Sequential models too.
+        outputs = graph._run_through_graph(inputs, operation_fn=operation_fn)  # As keras.models.clone_model does.
+        return keras.Model(inputs, outputs, name=model.name)
+
+    padded = rebuild(plain)
+    for copy, weights in copies:
+        copy.set_weights(weights)
+    return padded, {name: [inputs, size] for name, inputs, size in targets.values()}
+
+
+def _name_layers(weights, plain, padded):
+    """Adds `layer`: the Dense layer whose kernel a FULLY_CONNECTED weight is, when its shape tells it uniquely."""
+    by_shape = {}
+    for name, kernel in _dense_kernels(plain).items():
+        inputs = padded[name][1] if name in padded else kernel.shape[0]
+        by_shape.setdefault((kernel.shape[1], inputs), []).append(name)
+    for weight in weights:
+        names = by_shape.get(tuple(weight["shape"]), []) if weight["op"] == "FULLY_CONNECTED" else []
+        weight["layer"] = names[0] if len(names) == 1 else None
+    return weights
+
+
+def _block_check(weights, block, quantize):
+    """Whether every FULLY_CONNECTED weight is stored as a ticket in `block`s allows; sets each one's `expected_block`.
+
+    A weight can be expected in the block of the kernel for its stored type
+    (`STORED_BLOCKS`) when the ticket's blocks are made of such blocks; it then
+    must be stored so, or dense if it is denser than `SPARSE_STORAGE_MAX_DENSITY`.
+    `met` is `None` when no weight can be expected in blocks.
+    """
+    problems, checked = [], 0
+    for weight in weights:
+        expected = STORED_BLOCKS.get(weight["dtype"]) if weight["op"] == "FULLY_CONNECTED" and block else None
+        weight["expected_block"] = list(expected) if expected and block[1] % expected[1] == 0 else None
+        if weight["expected_block"] is None:
+            continue
+        checked += 1
+        fast = weight["storage"] == "block_sparse" and weight["block"] == weight["expected_block"] \
+            and not weight["densified"]
+        kept_dense = weight["storage"] == "dense" and (weight["density"] or 1.0) > SPARSE_STORAGE_MAX_DENSITY
+        if not (fast or kept_dense):
+            stored = f"{weight['storage']}{' ' + _block_name(weight['block']) if weight['block'] else ''}" + (
+                ", expanded by DENSIFY at load" if weight["densified"] else "")
+            density = "unknown" if weight["density"] is None else f"{weight['density']:.3f}"
+            problems.append(f"'{weight['layer'] or weight['tensor']}' ({'x'.join(map(str, weight['shape']))}, "
+                            f"density {density}) is stored {stored}, not block_sparse "
+                            f"{_block_name(weight['expected_block'])}")
+    kernel = KERNEL_BLOCKS[quantize]
+    return {"expected_block": list(kernel) if block and block[1] % kernel[1] == 0 else None,
+            "met": not problems if checked else None, "problems": problems}
+
+
+def load_interpreter(path, *, preserve_all_tensors=False, num_threads=None):
     """A LiteRT interpreter for the TFLite file at `path`, tensors allocated.
 
     It uses the built-in kernels without TFLite's default XNNPACK delegate,
     which cannot prepare sparse int8 files.
     `preserve_all_tensors` keeps intermediate tensors (e.g. densified weights)
-    readable after `invoke()`.
+    readable after `invoke()`; `num_threads` (default: LiteRT's) caps the
+    threads its kernels use (1 for latency measurements).
     """
     interpreter = litert.Interpreter(
-        model_path=os.fspath(path), experimental_preserve_all_tensors=preserve_all_tensors,
+        model_path=os.fspath(path), experimental_preserve_all_tensors=preserve_all_tensors, num_threads=num_threads,
         experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter.allocate_tensors()
     return interpreter
