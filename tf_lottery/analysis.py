@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lottery import masking, storage
-from tf_lottery.callbacks import prunable_variables
 from tf_lottery.search import TicketSearch, read_run_config
 
 #: Noise scales s: each weight gets N(0, (s x its layer's weight std)^2).
@@ -48,7 +47,7 @@ def weight_noise_accuracy(model, images, labels, scales=NOISE_SCALES, repeats=3,
     Returns:
         `{s: mean accuracy over `repeats` draws}` (one draw for s = 0).
     """
-    variables, masks = prunable_variables(model), masking.get_masks(model)
+    variables, masks = masking.get_prunable_variables(model), masking.get_masks(model)
     saved = {key: variable.numpy() for key, variable in variables.items()}
     stds = {key: saved[key][masks[key] > 0].std() for key in saved}
     rng = np.random.default_rng(seed)

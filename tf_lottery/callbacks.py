@@ -96,12 +96,6 @@ class LotteryCallback(keras.callbacks.Callback):
         return steps * epochs if steps and epochs else None
 
 
-def prunable_variables(model):
-    """`{mask key: weight variable}` for every masked weight of a wrapped model."""
-    return {f"{name}/{path}": variable for name, layer in masking.masked_layers(model).items()
-            for path, variable in layer.masked_weights.items()}
-
-
 @tf.function
 def _moved(variables, previous, totals):
     current = {key: tf.identity(variable) for key, variable in variables.items()}
@@ -130,7 +124,7 @@ class MovementTracker(keras.callbacks.Callback):
         self._totals = None
 
     def on_train_begin(self, logs=None):
-        self._variables = {key: variable.value for key, variable in prunable_variables(self.model).items()}
+        self._variables = {key: variable.value for key, variable in masking.get_prunable_variables(self.model).items()}
         self._previous = {key: tf.identity(variable) for key, variable in self._variables.items()}
         if self._totals is None:
             self._totals = {key: tf.zeros_like(value) for key, value in self._previous.items()}

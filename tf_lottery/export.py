@@ -88,7 +88,7 @@ from ai_edge_litert import interpreter as litert
 # TFLite's flatbuffer schema, compiled for Python; TensorFlow ships it (it has no public name).
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 
-from tf_lottery import masking, storage, tfmot_bridge
+from tf_lottery import masking, pruning, storage, tfmot_bridge
 
 REPORT_NAME = "export_report.json"
 QUANTIZE_MODES = (None, "dynamic", "int8", "pqat")
@@ -353,13 +353,9 @@ def _ticket_block(plain, block):
         return _block_structure(plain)
     if block is None:
         return None
-    parsed = block
-    if isinstance(block, str):
-        rows, _, cols = block.partition("x")
-        parsed = (int(rows), int(cols)) if rows.isdigit() and cols.isdigit() else None
     try:
-        parsed = tuple(parsed)
-    except TypeError:
+        parsed = pruning.parse_block(block) if isinstance(block, str) else tuple(block)
+    except (TypeError, ValueError):
         parsed = None
     if parsed not in BLOCK_SHAPES:
         raise ValueError(f"block must be 'auto', None, (1, 4), (1, 16), '1x4' or '1x16'; got {block!r}.")

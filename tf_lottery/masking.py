@@ -266,6 +266,11 @@ def get_prunable_weights(model, weight_values=None):
     return {key: weight_values[weight.path] for key, _, weight in _masked_items(model)}
 
 
+def get_prunable_variables(model):
+    """`{mask key: weight variable}` for every masked weight of a wrapped model."""
+    return {key: weight for key, _, weight in _masked_items(model)}
+
+
 def layer_of(key):
     """The qualified layer name of a mask key (`"encoder/dense/kernel"` -> `"encoder/dense"`)."""
     return key.rsplit("/", 1)[0]

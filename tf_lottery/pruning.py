@@ -16,6 +16,16 @@ def _check_rate(rate, what):
         raise ValueError(f"{what} must be a fraction in (0, 1), e.g. 0.2 for 20% per round; got {rate!r}.")
 
 
+def parse_block(text):
+    """`"1x4"` -> `(1, 4)`; `None` -> `None`."""
+    if text is None:
+        return None
+    rows, _, cols = text.partition("x")
+    if not (rows.isdigit() and cols.isdigit()):
+        raise ValueError(f"block must look like '1x4' or '1x16' (rows x cols); got {text!r}.")
+    return int(rows), int(cols)
+
+
 @dataclasses.dataclass(frozen=True)
 class PruningPlan:
     """How many of the surviving weights each round removes, and where.

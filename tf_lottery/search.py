@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from tf_lottery import criteria, distribute, masking, storage
 from tf_lottery.callbacks import UNITS, EarlyBirdStopping, LotteryCallback, MovementTracker, parse_rewind_point
-from tf_lottery.pruning import SCOPES, PruningPlan
+from tf_lottery.pruning import SCOPES, PruningPlan, parse_block
 
 REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
 CONTROLS = ("reinit", "random_mask")
@@ -125,16 +125,6 @@ class SearchConfig:
         return PruningPlan(rate=self.prune_rate, output_rate=self.output_prune_rate,
                            layer_rates=parse_layer_rates(self.layer_rates), scope=self.scope,
                            target_density=self.target_density, block=parse_block(self.block))
-
-
-def parse_block(text):
-    """`"1x4"` -> `(1, 4)`; `None` -> `None`."""
-    if text is None:
-        return None
-    rows, _, cols = text.partition("x")
-    if not (rows.isdigit() and cols.isdigit()):
-        raise ValueError(f"block must look like '1x4' or '1x16' (rows x cols); got {text!r}.")
-    return int(rows), int(cols)
 
 
 def parse_layer_rates(text):
