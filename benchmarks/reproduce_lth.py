@@ -257,20 +257,22 @@ def write_figures(model_name, histories, output_dir, subtitle):
 
 
 def format_table(model_name, table):
-    """A text table of the per-round means (min..max) for the log."""
-    def cell(entry, kind, metric, scale=100.0, digits=2):
+    """A markdown table of the per-round means [min, max] over seeds (printed, and pasted into the README)."""
+    def accuracy(entry, kind):
         if kind not in entry:
             return "-"
-        value = entry[kind][metric]
-        return f"{scale * value['mean']:.{digits}f} [{scale * value['min']:.{digits}f}, {scale * value['max']:.{digits}f}]"
-    lines = [f"{MODEL_TITLES.get(model_name, model_name)}: test accuracy at early stop, % (mean [min, max] over "
-             "seeds); early-stop iteration (mean)",
-             f"{'round':>5} {'% left':>7}  {'ticket':<22} {'reinit':<22} {'random mask':<22} {'early stop t/r/m':>20}"]
+        value = entry[kind]["early_stop_test_accuracy"]
+        return f"{100 * value['mean']:.2f} [{100 * value['min']:.2f}, {100 * value['max']:.2f}]"
+
+    lines = [f"{MODEL_TITLES.get(model_name, model_name)}: test accuracy (%) at early stop, mean [min, max] over "
+             "seeds; early-stop iteration, mean",
+             "",
+             "| round | % of weights | ticket | reinit | random mask | early stop: ticket / reinit / random |",
+             "|---:|---:|---|---|---|---:|"]
     for entry in table:
-        stops = "/".join(f"{entry[k]['early_stop_iteration']['mean']:.0f}" if k in entry else "-" for k in KINDS)
-        lines.append(f"{entry['round']:>5} {entry['percent_remaining']:>7.3g}  {cell(entry, 'ticket', 'early_stop_test_accuracy'):<22} "
-                     f"{cell(entry, 'reinit', 'early_stop_test_accuracy'):<22} "
-                     f"{cell(entry, 'random_mask', 'early_stop_test_accuracy'):<22} {stops:>20}")
+        stops = " / ".join(f"{entry[k]['early_stop_iteration']['mean']:.0f}" if k in entry else "-" for k in KINDS)
+        lines.append(f"| {entry['round']} | {entry['percent_remaining']:.3g} | {accuracy(entry, 'ticket')} | "
+                     f"{accuracy(entry, 'reinit')} | {accuracy(entry, 'random_mask')} | {stops} |")
     return "\n".join(lines)
 
 

@@ -52,6 +52,13 @@ def test_summarize_mean_min_max_per_round(bench):
     assert "reinit" not in table[12]  # A seed of the control stopped at round 9: only common rounds count.
     assert table[12]["random_mask"]["early_stop_iteration"]["mean"] == 1000
 
+    rows = bench.format_table("lenet300_100", table).splitlines()
+    assert rows[0].startswith("LeNet-300-100") and rows[2].startswith("| round |")
+    assert len(rows) == 4 + ROUNDS
+    assert rows[4 + 3].split(" | ")[1:5] == ["51.2", "89.00 [88.00, 90.00]", "83.00 [81.00, 85.00]",
+                                             "80.00 [80.00, 80.00]"]
+    assert rows[4 + 12].split(" | ")[3] == "-"
+
 
 def test_claims_held(bench):
     ticket = [[0.880] + [0.884] * (ROUNDS - 1), [0.878] + [0.877] * (ROUNDS - 1)]
