@@ -58,7 +58,7 @@ such zeros in every Dense kernel:
   input zero-padded to the next multiple (one PAD op; the kernel gets zero rows
   that are never stored). The outputs are unchanged (the parity check compares
   them with the unpadded model); the entry lists the padded layers.
-* After conversion, the file's flatbuffer is read (`tflite_weights`): every
+* After conversion, the file's flatbuffer is read (`tflite_file.weight_storage`): every
   weight tensor of a FULLY_CONNECTED or convolution op is reported with its
   storage (`"dense"`, `"sparse"` or `"block_sparse"` and the block), whether
   a DENSIFY op expands it at load, and its density. For a ticket whose block
@@ -85,10 +85,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
-# TFLite's flatbuffer schema, compiled for Python; TensorFlow ships it (it has no public name).
-from tensorflow.lite.python import schema_py_generated as tflite_schema
 
-from tf_lottery import masking, pruning, storage, tfmot_bridge
+from tf_lottery import masking, pruning, storage, tflite_file, tfmot_bridge
 
 REPORT_NAME = "export_report.json"
 QUANTIZE_MODES = (None, "dynamic", "int8", "pqat")
@@ -105,8 +103,6 @@ BLOCK_SHAPES = ((1, 16), (1, 4))
 FASTEST_QUANTIZE = {(1, 16): "int8", (1, 4): None, None: "dynamic"}
 #: TFLite's converter (TF 2.21) stores a weight tensor sparse only when at most this fraction of it is nonzero.
 SPARSE_STORAGE_MAX_DENSITY = 0.7
-#: Ops whose input 1 is a weight tensor, reported by `tflite_weights`.
-WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV")
 
 #: The TFLite files `examples/export_ticket.py` writes, as `export_tflite` arguments.
 #: `float` is the dense baseline the others are compared with.
@@ -227,7 +223,7 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
         interpreter = load_interpreter(temporary)
         parity = _parity(plain, lambda x: run_tflite(interpreter, x), data, quantize or "float")
     sparse_tensors = sum(bool(t["sparsity_parameters"]) for t in interpreter.get_tensor_details())
-    weights = _name_layers(tflite_weights(content), plain, padded)
+    weights = _name_layers(tflite_file.weight_storage(content), plain, padded)
     check = _block_check(weights, block if sparse else None, quantize)
     if check["met"] is False:
         warnings.warn(f"{os.fspath(path)} does not store all its fully-connected weights in the blocks TFLite's "
@@ -250,75 +246,6 @@ def block_structure(model):
     kernel for them.
     """
     return _block_structure(_plain(model))
-
-
-def tflite_weights(tflite_file):
-    """How a TFLite file stores the weights of its FULLY_CONNECTED and convolution ops, read from its flatbuffer.
-
-    Args:
-        tflite_file: a `.tflite` path, or the file's bytes.
-
-    Returns:
-        One dict per weight tensor (input 1 of an op in `WEIGHT_OPS`), in op order:
-        `tensor` (name), `op`, `shape` (TFLite layout: `[out, in]` for
-        FULLY_CONNECTED), `dtype`, `storage` (`"dense"`, `"sparse"`:
-        unstructured, or `"block_sparse"`), `block` (`[rows, cols]` of a
-        block-sparse tensor, else `None`), `densified` (a DENSIFY op expands it
-        to dense at load, so the op runs at dense speed), `density` (nonzero
-        values over the dense size; `None` if the values are not in the file).
-    """
-    content = pathlib.Path(tflite_file).read_bytes() if isinstance(tflite_file, (str, os.PathLike)) \
-        else bytes(tflite_file)
-    model = tflite_schema.Model.GetRootAs(content, 0)
-    op_names = {code: name for name, code in vars(tflite_schema.BuiltinOperator).items() if not name.startswith("_")}
-    type_names = {code: name for name, code in vars(tflite_schema.TensorType).items() if not name.startswith("_")}
-    opcodes = [op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
-               for code in map(model.OperatorCodes, range(model.OperatorCodesLength()))]
-    found = []
-    for graph in map(model.Subgraphs, range(model.SubgraphsLength())):
-        operators = [graph.Operators(i) for i in range(graph.OperatorsLength())]
-        densified = {int(op.Outputs(0)): int(op.Inputs(0)) for op in operators
-                     if opcodes[op.OpcodeIndex()] == "DENSIFY"}
-        for op in operators:
-            name = opcodes[op.OpcodeIndex()]
-            if name not in WEIGHT_OPS or op.InputsLength() < 2 or op.Inputs(1) < 0:
-                continue
-            index = densified.get(int(op.Inputs(1)), int(op.Inputs(1)))
-            tensor = graph.Tensors(index)
-            shape = [int(n) for n in tensor.ShapeAsNumpy()]
-            block = _stored_block(tensor.Sparsity(), len(shape))
-            dtype = type_names.get(tensor.Type(), str(tensor.Type())).lower()
-            found.append({
-                "tensor": tensor.Name().decode(), "op": name, "shape": shape, "dtype": dtype,
-                "storage": "dense" if tensor.Sparsity() is None else "block_sparse" if block else "sparse",
-                "block": block, "densified": index != int(op.Inputs(1)),
-                "density": _stored_density(model.Buffers(tensor.Buffer()), content, dtype, shape)})
-    return found
-
-
-def _stored_block(sparsity, rank):
-    """`[rows, cols]` of a block-sparse tensor's blocks, or `None` (dense, or sparse without blocks)."""
-    if sparsity is None or sparsity.BlockMapLength() == 0:
-        return None
-    block = [1] * rank
-    for k in range(sparsity.BlockMapLength()):
-        block[sparsity.BlockMap(k)] = int(sparsity.DimMetadata(rank + k).DenseSize())
-    return block
-
-
-def _stored_density(buffer, content, dtype, shape):
-    """Nonzero stored values over the dense size of a tensor; `None` if its values are not in the file."""
-    if buffer.DataLength():
-        raw = buffer.DataAsNumpy().tobytes()
-    elif buffer.Offset() > 1:  # Values stored after the flatbuffer (files over 2 GB).
-        raw = content[buffer.Offset():buffer.Offset() + buffer.Size()]
-    else:
-        return None
-    try:
-        values = np.frombuffer(raw, np.dtype(dtype))
-    except TypeError:  # A type NumPy lacks (int4, bfloat16).
-        return None
-    return int(np.count_nonzero(values)) / max(1, int(np.prod(shape)))
 
 
 def _block_name(block):
