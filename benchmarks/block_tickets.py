@@ -39,7 +39,6 @@ to stdout, and to `--output` if given (written atomically with `tf_lottery.stora
 
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -49,11 +48,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from tf_lottery import datasets, export, models, storage  # noqa: E402
+from tf_lottery import datasets, environment, export, models, storage  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
 
 MODEL = "lenet300_100"
@@ -296,10 +293,7 @@ def main(argv):
         "settings": settings,
         "fastest_quantize": {export._block_name(block): quantize or "float"
                              for block, quantize in export.FASTEST_QUANTIZE.items()},
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        **environment.machine(),
         "load_average_start_end": [load_at_start, os.getloadavg()[0]],
         "seconds": time.time() - started,
         "datasets": results,

@@ -33,7 +33,6 @@ The JSON goes to stdout, and to `--output` if given.
 import json
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -43,9 +42,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from tf_lottery import datasets, export, models, storage, tfmot_bridge  # noqa: E402
+from tf_lottery import datasets, environment, export, models, storage, tfmot_bridge  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
 
 MODEL = "lenet300_100"
@@ -193,10 +191,7 @@ def main(argv):
                     "tfmot prune_low_magnitude peer at equal density and training epochs",
         "quick": FLAGS.quick,
         "seed": FLAGS.seed,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        **environment.machine(),
         **results,
         "targets": _targets(results["tickets"]),
     }

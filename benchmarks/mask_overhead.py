@@ -27,7 +27,6 @@ The JSON goes to stdout, and to `--output` if given.
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -40,7 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery import models  # noqa: E402
+from tf_lottery import environment, models  # noqa: E402
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -155,11 +154,7 @@ def main(argv):
         "target": f"ratio <= {TARGET_RATIO}",
         "quick": FLAGS.quick,
         "seed": FLAGS.seed,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        **environment.machine(),
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "models": results,
     }

@@ -42,8 +42,6 @@ watched; "complete" turns true at the end. A killed run continues with --resume.
 
 import dataclasses
 import os
-import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -51,9 +49,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from tf_lottery import datasets, models, plots, storage  # noqa: E402
+from tf_lottery import datasets, environment, models, plots, storage  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
 
 KINDS = ("ticket", "reinit", "random_mask")
@@ -343,12 +340,6 @@ def _configs(settings):
     return lenet, conv
 
 
-def _machine():
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__}
-
-
 def _model_result(model_name, config, histories, settings, figures, target_density):
     done = {kind: runs for kind, runs in histories.items() if runs}
     iterations = config.iterations
@@ -391,7 +382,7 @@ def main(argv):
           f"{len(data.x_test)} test images. Seeds: {settings['seeds']}. Output: {output_dir}", flush=True)
 
     experiments = [("lenet300_100", lenet_config)] + ([("conv2", conv_config)] if conv_config else [])
-    results = {"benchmark": "reproduce_lth", "complete": False, "settings": settings, "machine": _machine(),
+    results = {"benchmark": "reproduce_lth", "complete": False, "settings": settings, "machine": environment.machine(),
                "dataset": {"name": data.name, "source": data.source, "train": len(data.x_train),
                            "validation": len(data.x_val), "test": len(data.x_test)},
                "load_average_start": list(load_start), "models": {}}
@@ -405,7 +396,7 @@ def main(argv):
 
     for model_name, config in experiments:
         try:
-            histories = run_model(model_name, data, config, settings, lambda h, m=model_name, c=config: save(m, c, h))
+            run_model(model_name, data, config, settings, lambda h, m=model_name, c=config: save(m, c, h))
         except FileExistsError as error:
             raise app.UsageError(f"{error} (benchmark: pass --resume or --overwrite)") from None
         print("\n" + format_table(model_name, results["models"][model_name]["rounds"]), flush=True)

@@ -32,7 +32,6 @@ The JSON goes to stdout, and to `--output` if given.
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,10 +39,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from tf_lottery import datasets, models, storage  # noqa: E402
+from tf_lottery import datasets, environment, models, storage  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
 
 MODEL = "lenet300_100"
@@ -105,8 +102,7 @@ def measure(settings, folder):
     return {
         "model": MODEL, "target_density": settings["target_density"], "seed": settings["seed"],
         "quick": settings["quick"], "target": TARGET, "modes": MODES, "datasets": results,
-        "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "tensorflow": tf.__version__, "keras": keras.__version__,
+        **environment.machine(),
     }
 
 

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, distribute, masking, storage
+from tf_lottery import criteria, distribute, environment, masking, storage
 from tf_lottery.callbacks import UNITS, EarlyBirdStopping, LotteryCallback, MovementTracker, parse_rewind_point
 from tf_lottery.pruning import SCOPES, PruningPlan, parse_block
 
@@ -260,8 +260,7 @@ class TicketSearch:
         storage.write_json(run_file, {
             "config": dataclasses.asdict(self.config),
             "signature": self._signature(),
-            "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__,
-                         "keras": keras.__version__, "numpy": np.__version__},
+            "versions": environment.versions(),
         })
         return {"rounds": [], "best_round": None}
 
