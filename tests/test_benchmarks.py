@@ -43,12 +43,14 @@ def test_search_cost_quick(tmp_path):
     report = json.loads(output.read_text())
     assert json.loads(result.stdout) == report
     modes = report["datasets"]["digits"]["modes"]
-    assert set(modes) == {"imp", "early_bird", "one_shot", "movement_rate"}
+    assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate"}
     for name, entry in modes.items():
         assert entry["seconds"] > 0 and entry["iterations"] > 0, name
         assert entry["density"] <= report["target_density"] + 0.01, name
         assert "digits: " + name in result.stderr
     assert modes["imp"]["times_cheaper_iterations"] == 1.0
+    assert modes["imp_short"]["rounds"] == modes["imp"]["rounds"]
+    assert modes["imp_short"]["iterations"] < modes["imp"]["iterations"]
     # One-shot trains two rounds where IMP trains one per step down to the target.
     assert modes["one_shot"]["rounds"] == 2 < modes["imp"]["rounds"]
     assert modes["early_bird"]["dense_round_iterations"] <= modes["one_shot"]["dense_round_iterations"]
