@@ -20,12 +20,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
-import matplotlib  # noqa: E402
 
-matplotlib.use("Agg")
-from matplotlib import pyplot, ticker  # noqa: E402
-
-from tf_lottery import analysis, datasets, masking, models, storage  # noqa: E402
+from tf_lottery import analysis, datasets, masking, models, plots, storage  # noqa: E402
 from tf_lottery.search import read_run_config, restore_round  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run directory of a ticket search (examples/find_ticket.py).", required=True)
@@ -41,33 +37,6 @@ flags.DEFINE_integer("samples", 1000, "Test images the noise and the attacks are
 flags.DEFINE_string("transfer_from", None, "A run on other data whose masks to train on this run's data.")
 flags.DEFINE_enum("verbose", "0", ["0", "1"], "1: Keras' progress bars while training controls.")
 FLAGS = flags.FLAGS
-
-
-def _plot(report, path):
-    """One panel per analysis: accuracy against noise scale, attack budget and density."""
-    panels = [("noise", "weight noise s (x layer std)")]
-    panels += [(name, f"{name.upper()} epsilon") for name in analysis.ATTACKS]
-    if "transfer" in report:
-        panels.append(("transfer", "density"))
-    figure, axes = pyplot.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for axis, (name, label) in zip(axes[0], panels):
-        if name == "transfer":
-            rows = report["transfer"]["rounds"]
-            curves = {key: {row["density"]: row[key] for row in rows} for key in analysis.TRANSFER_COLUMNS}
-            axis.set_xscale("log")
-            axis.invert_xaxis()
-            for axis_format in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
-                axis_format(ticker.PercentFormatter(1.0, decimals=0))
-        else:
-            curves = report[name] if name == "noise" else report["adversarial"][name]
-        for key, curve in curves.items():
-            axis.plot(list(map(float, curve)), list(curve.values()), marker="o", label=key)
-        axis.set(xlabel=label, ylabel="test accuracy", title=name)
-        axis.legend()
-    figure.tight_layout()
-    with storage.atomic_path(path, ".png") as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    pyplot.close(figure)
 
 
 def _print_table(title, columns, rows):
@@ -123,7 +92,7 @@ def main(argv):
         except ValueError as error:
             raise app.UsageError(str(error)) from None
     storage.write_json(os.path.join(output_dir, "analysis.json"), report)
-    _plot(report, os.path.join(output_dir, "analysis.png"))
+    plots.plot_analysis(report, os.path.join(output_dir, "analysis.png"))
     print(f"Round {index} of {run_dir} on {dataset}: ticket {report['density']['ticket']:.1%} of weights, "
           f"reinit control {report['density']['reinit']:.1%}, dense round 0; test accuracy on {len(images)} images.")
     _print_table("noise s", scales, {name: curve.values() for name, curve in report["noise"].items()})

@@ -103,3 +103,17 @@ def test_empty_inputs_name_the_problem(tmp_path):
         entry.pop("curve")
     with pytest.raises(ValueError, match="curve"):
         plots.plot_training_curves(history, tmp_path / "x.png")
+
+
+def test_analysis_figure_has_a_panel_per_analysis(tmp_path):
+    curve = {0.0: 0.9, 0.1: 0.6, 0.2: 0.3}
+    report = {"noise": {"ticket": curve, "dense": curve, "reinit": curve},
+              "adversarial": {"fgsm": {"ticket": curve}, "pgd": {"ticket": curve}},
+              "transfer": {"rounds": [{"density": 0.8 ** r, "ticket": 0.9, "transferred": 0.85, "random_mask": 0.8}
+                                      for r in range(4)]}}
+    path = plots.plot_analysis(report, tmp_path / "analysis.png")
+    assert_real_png(path)
+    without_transfer = plots.plot_analysis({k: v for k, v in report.items() if k != "transfer"},
+                                           tmp_path / "three_panels.png")
+    assert_real_png(without_transfer)
+    assert imread(path).shape[1] > imread(without_transfer).shape[1]  # Four panels, not three.

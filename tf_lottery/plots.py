@@ -27,7 +27,8 @@ from tf_lottery import storage
 # Colors of the paper's figures: the ticket blue, random re-initialization orange, random mask green.
 COLORS = {"ticket": "#1f77b4", "reinit": "#ff7f0e", "random_mask": "#2ca02c"}
 LABELS = {"ticket": "Winning ticket (original init)", "reinit": "Same mask, random re-init",
-          "random_mask": "Random mask, same layer densities"}
+          "random_mask": "Random mask, same layer densities", "dense": "Dense network (round 0)",
+          "transferred": "Ticket's masks from the other dataset"}
 _FALLBACK_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
@@ -182,6 +183,43 @@ def plot_run(history, output_dir, *, name="run", title=None):
         "early_stop": plot_early_stop_vs_density(lines_early, os.path.join(output_dir, f"{name}_early_stop.png"),
                                                  title=f"{label}: early-stop iteration"),
     }
+
+
+def plot_analysis(report, path):
+    """The figure of `examples/analyze_ticket.py`: test accuracy of a ticket and its comparisons, one panel each.
+
+    Panels: against the weight-noise scale, against each attack's budget, and,
+    if `report` has a transfer, against the percent of weights remaining.
+    `report` is what `analyze_ticket` writes to analysis.json (`"noise"`,
+    `"adversarial"`, optional `"transfer"`). Returns `path`.
+    """
+    panels = [("Gaussian weight noise", "Noise scale s (x the layer's weight std)", report["noise"])]
+    panels += [(f"{attack.upper()} attack", "Epsilon (L-infinity, pixels in [0, 1])", curves)
+               for attack, curves in report["adversarial"].items()]
+    count = len(panels) + ("transfer" in report)
+    figure = Figure(figsize=(4.8 * count, 4.4), dpi=100)
+    for position, (title, xlabel, curves) in enumerate(panels, start=1):
+        axis = figure.add_subplot(1, count, position)
+        for index, (name, curve) in enumerate(curves.items()):
+            color, label = _style(name, index)
+            axis.plot([float(x) for x in curve], [100 * value for value in curve.values()], "o-", color=color,
+                      markersize=4, label=label)
+        axis.set(title=title, xlabel=xlabel, ylabel="Test accuracy (%)")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="small")
+    if "transfer" in report:
+        rows = report["transfer"]["rounds"]
+        axis = figure.add_subplot(1, count, count)
+        for index, name in enumerate(("ticket", "transferred", "random_mask")):
+            color, label = _style(name, index)
+            axis.plot([100 * row["density"] for row in rows], [100 * row[name] for row in rows], "o-",
+                      color=color, markersize=4, label=label)
+        _density_axis(axis, [row["density"] for row in rows])
+        axis.set(title="Transfer between datasets", ylabel="Test accuracy (%)")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    return _save(figure, path)
 
 
 def _metric_label(metric):
