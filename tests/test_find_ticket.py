@@ -39,6 +39,13 @@ def test_binary_writes_the_documented_history(tmp_path):
     assert result.stdout.count("density") == 3  # One progress line per round.
 
 
+def test_target_density_without_rounds_prunes_until_it_is_reached(tmp_path):
+    _run(f"--output_dir={tmp_path}", "--target_density=0.6", "--epochs=1")
+    densities = [r["density"] for r in json.loads((tmp_path / "history.json").read_text())["rounds"]]
+    assert len(densities) > 2
+    assert densities[-1] <= 0.6 < densities[-2]  # Stopped at the target, not after the default 5 rounds.
+
+
 def test_wrong_flags_get_a_usage_error_with_the_allowed_values(tmp_path):
     result = _run(f"--output_dir={tmp_path}", "--scope=local", check=False)
     assert result.returncode != 0
