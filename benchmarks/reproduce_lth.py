@@ -80,9 +80,9 @@ def define_flags():
     flags.DEFINE_enum("dataset", "fashion_mnist", list(datasets.NAMES), "Dataset (offline; see tf_lottery.datasets).")
     flags.DEFINE_string("data_dir", None, "Folder with the dataset's files (mnist, or fashion_mnist elsewhere).")
     flags.DEFINE_integer("seeds", 2, "Seeds per experiment (0, 1, ...): mean and min/max are over these.", lower_bound=1)
-    flags.DEFINE_integer("iterations", 3000, "LeNet-300-100 training iterations per round (paper: 50,000).",
+    flags.DEFINE_integer("iterations", 5000, "LeNet-300-100 training iterations per round (paper: 50,000).",
                          lower_bound=1)
-    flags.DEFINE_integer("eval_every", 150, "LeNet-300-100: iterations between evaluations (early-stop resolution).",
+    flags.DEFINE_integer("eval_every", 250, "LeNet-300-100: iterations between evaluations (early-stop resolution).",
                          lower_bound=1)
     flags.DEFINE_integer("rounds", None, "LeNet-300-100: stop after this many pruning rounds (default: at "
                          "--target_density).", lower_bound=1)
