@@ -128,6 +128,10 @@ def test_controls_replay_the_tickets_densities(ticket_run, tmp_path):
     for key in ticket_masks:
         assert random_masks[key].sum() == ticket_masks[key].sum()
     assert not np.array_equal(random_masks["fc1/kernel"], ticket_masks["fc1/kernel"])
+    # Random masks are not nested: every survivor restarts from its initial value, none from 0.
+    initial, start = (_round_arrays(tmp_path / "random", index, "rewind_weights") for index in (0, 2))
+    kernel = next(path for path in initial if path.endswith("fc1/kernel"))
+    np.testing.assert_array_equal(start[kernel], initial[kernel] * random_masks["fc1/kernel"])
 
 
 def test_one_shot_prunes_to_the_target_in_one_round(tmp_path):

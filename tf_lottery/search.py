@@ -291,8 +291,8 @@ class TicketSearch:
         folder = self._round_dir(index)
         try:
             metrics = storage.read_json(os.path.join(folder, "metrics.json"))
-            self._round_state = {name: storage.read_arrays(os.path.join(folder, _ROUND_FILES[name]))
-                                 for name in self._state_names()}
+            self._keep_state(index, {name: storage.read_arrays(os.path.join(folder, _ROUND_FILES[name]))
+                                     for name in self._state_names()})
         except storage.CorruptFileError as error:
             raise storage.CorruptFileError(
                 f"Round folder {folder} is damaged: {error} It was left as it is; move it away (rounds after it "
@@ -376,7 +376,19 @@ class TicketSearch:
             return self.initial_weights
         if mode in ("lr", "finetune"):
             return self._round_state["trained"]
-        return self._round_state["rewind"]
+        return self._rewind_point
+
+    def _keep_state(self, index, state):
+        """Keeps the arrays of the last round, and round 0's rewind weights: where later rounds restart.
+
+        Round 0 trains every weight, so its rewind weights hold the rewind value
+        of each one; a later round's have its pruned weights zeroed, and a mask
+        that is not nested in the one before (the random_mask control) would
+        restart some survivors from 0 if it rewound to them.
+        """
+        self._round_state = state
+        if index == 0:
+            self._rewind_point = state["rewind"]
 
     def _start_round(self, index, masks):
         weights = self._start_weights(index)
@@ -421,9 +433,10 @@ class TicketSearch:
         metrics = self._metrics(index, evaluator.curve, train, time.time() - started)
         if early_bird:
             metrics["early_bird"] = {"stopped_at": early_bird.stopped_at, "distances": early_bird.distances}
-        self._round_state = {"masks": masks, "rewind": lottery.rewind_weights, "trained": trained}
+        state = {"masks": masks, "rewind": lottery.rewind_weights, "trained": trained}
         if tracker:
-            self._round_state["statistics"] = tracker.statistics()
+            state["statistics"] = tracker.statistics()
+        self._keep_state(index, state)
         self._save_round(index, metrics)
         self._report(metrics)
         return metrics
