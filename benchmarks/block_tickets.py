@@ -37,7 +37,6 @@ Run from the repository root:
 to stdout, and to `--output` if given (written atomically with `tf_lottery.storage.write_json`).
 """
 
-import json
 import os
 import shutil
 import statistics
@@ -300,9 +299,7 @@ def main(argv):
         "targets": targets,
         "summary": summary,
     }
-    if FLAGS.output:
-        storage.write_json(FLAGS.output, report)
-    print(json.dumps({"format_version": storage.FORMAT_VERSION, **report}, indent=2))
+    storage.publish_json(report, FLAGS.output)
     _log(_markdown(results))
     for line in summary:
         _log(line)

@@ -30,7 +30,6 @@ Run from the repository root (about 2.5 minutes on a 2-core CPU):
 The JSON goes to stdout, and to `--output` if given.
 """
 
-import json
 import math
 import os
 import statistics
@@ -195,11 +194,7 @@ def main(argv):
         **results,
         "targets": _targets(results["tickets"]),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if FLAGS.output:
-        with storage.atomic_path(FLAGS.output, ".json") as temporary, open(temporary, "w") as f:
-            f.write(text + "\n")
+    storage.publish_json(report, FLAGS.output)
 
 
 if __name__ == "__main__":

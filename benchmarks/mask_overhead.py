@@ -25,10 +25,8 @@ Run from the repository root:
 The JSON goes to stdout, and to `--output` if given.
 """
 
-import json
 import os
 import statistics
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -39,7 +37,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery import environment, models  # noqa: E402
+from tf_lottery import environment, models, storage  # noqa: E402
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -127,18 +125,6 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed):
     }
 
 
-def _write_atomically(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mask_overhead.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv):
     del argv
     settings = dict(QUICK) if FLAGS.quick else {"repeats": FLAGS.repeats, "steps": FLAGS.steps,
@@ -158,10 +144,7 @@ def main(argv):
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "models": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if FLAGS.output:
-        _write_atomically(FLAGS.output, text + "\n")
+    storage.publish_json(report, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ iterations (the early-bird checks). Run from the repository root:
 The JSON goes to stdout, and to `--output` if given.
 """
 
-import json
 import math
 import os
 import sys
@@ -126,11 +125,7 @@ def main(argv):
         raise app.UsageError(f"--datasets has {unknown}; choose from {sorted(SCHEDULES)}.")
     with tempfile.TemporaryDirectory() as folder:
         report = measure(settings, folder)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if FLAGS.output:
-        with storage.atomic_path(FLAGS.output, ".json") as temporary, open(temporary, "w") as f:
-            f.write(text + "\n")
+    storage.publish_json(report, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def _block_name(block):
 
 def _dense_kernels(plain):
     """`{layer name: kernel}` of the Dense layers of a plain model (nested models included)."""
-    return {prefix + layer.name: keras.ops.convert_to_numpy(layer.kernel) for prefix, layer in masking._walk(plain)
+    return {prefix + layer.name: keras.ops.convert_to_numpy(layer.kernel) for prefix, layer in masking.walk_layers(plain)
             if isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2}
 
 
@@ -325,7 +325,7 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
         `(model, {layer name: [inputs, padded inputs]})`; `plain` itself if no layer needs it.
     """
     targets = {}
-    for prefix, layer in masking._walk(plain):
+    for prefix, layer in masking.walk_layers(plain):
         if not (isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2
                 and len(layer.get_weights()) == (2 if layer.use_bias else 1) and len(layer._inbound_nodes) == 1
                 and len(layer.input.shape) == 2):
@@ -362,7 +362,7 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
                     copies.append((copy, [np.pad(kernel, ((0, amount), (0, 0))), *rest]))
                     made[id(layer)] = padded_call(copy, kernel.shape[0], amount)
                 else:
-                    copy = masking._fresh_copy(layer)
+                    copy = masking.fresh_copy(layer)
                     copies.append((copy, layer.get_weights()))
                     made[id(layer)] = copy
             return made[id(layer)]
@@ -449,7 +449,7 @@ def run_tflite(interpreter, x):
 
 def density(model):
     """The fraction of nonzero entries in the prunable weights (see `register_prunable`) of a plain or wrapped model."""
-    values = [masking._resolve(layer, path).numpy() for _, layer in masking._walk(_plain(model))
+    values = [masking.resolve_weight(layer, path).numpy() for _, layer in masking.walk_layers(_plain(model))
               for path in masking.prunable_weight_names(layer) or ()]
     total = sum(value.size for value in values)
     return sum(int(np.count_nonzero(value)) for value in values) / total if total else 1.0
@@ -476,7 +476,7 @@ def _plain(model):
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"tf_lottery.export handles models of one input and one output; model '{model.name}' "
                          f"has {len(model.inputs)} and {len(model.outputs)}.")
-    if any(isinstance(layer, masking.Masked) for _, layer in masking._walk(model)):
+    if any(isinstance(layer, masking.Masked) for _, layer in masking.walk_layers(model)):
         return masking.strip(model)
     return model
 

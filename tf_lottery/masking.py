@@ -85,7 +85,8 @@ def prunable_weight_names(layer, registry=None):
     return None
 
 
-def _resolve(layer, path):
+def resolve_weight(layer, path):
+    """The variable at dotted attribute `path` of `layer` (e.g. `"cell.kernel"`); raises if none."""
     obj = layer
     for attribute in path.split("."):
         obj = getattr(obj, attribute, None)
@@ -166,7 +167,7 @@ class Masked(keras.layers.Wrapper):
     def _create_masks(self):
         if self._masks:
             return
-        self._targets = [_resolve(self.layer, path) for path in self.weight_names]
+        self._targets = [resolve_weight(self.layer, path) for path in self.weight_names]
         for path, target in zip(self.weight_names, self._targets):
             mask = self.add_weight(
                 name=f"{path.replace('.', '_')}_mask",
@@ -219,11 +220,11 @@ def _is_container(layer):
     return isinstance(layer, keras.Model)
 
 
-def _walk(model, prefix=""):
+def walk_layers(model, prefix=""):
     """Yields `(prefix, layer)` for every leaf layer; nested models add `"<name>/"` to the prefix."""
     for layer in model.layers:
         if _is_container(layer):
-            yield from _walk(layer, f"{prefix}{layer.name}/")
+            yield from walk_layers(layer, f"{prefix}{layer.name}/")
         else:
             yield prefix, layer
 
@@ -231,7 +232,7 @@ def _walk(model, prefix=""):
 def masked_layers(model):
     """`{qualified layer name: Masked}` in model order; raises if `model` has none."""
     found = {}
-    for prefix, layer in _walk(model):
+    for prefix, layer in walk_layers(model):
         if isinstance(layer, Masked):
             found[prefix + layer.layer.name] = layer
     if not found:
@@ -377,7 +378,8 @@ def _unprunable_with_weights(layer):
     return bool(layer.trainable_weights) and not isinstance(layer, _DENSE_BY_DESIGN)
 
 
-def _fresh_copy(layer):
+def fresh_copy(layer):
+    """A new, built, untrained layer of `layer`'s class and configuration."""
     copy = layer.__class__.from_config(layer.get_config())
     build_config = layer.get_build_config()
     if build_config:
@@ -432,13 +434,13 @@ def wrap(model, *, skip=(), registry=None):
     if not model.built:
         raise ValueError(f"Model '{model.name}' is not built; call it on data or build it before wrap().")
     skip = set(skip)
-    unknown_skips = skip - {layer.name for _, layer in _walk(model)}
+    unknown_skips = skip - {layer.name for _, layer in walk_layers(model)}
     if unknown_skips:
         raise ValueError(f"skip names layers that model '{model.name}' does not have: {sorted(unknown_skips)}.")
     left_dense = []
 
     def clone_layer(layer):
-        copy = _fresh_copy(layer)
+        copy = fresh_copy(layer)
         if isinstance(layer, Masked):
             raise ValueError(f"Model '{model.name}' is already wrapped (layer '{layer.name}').")
         names = prunable_weight_names(layer, registry)
@@ -473,7 +475,7 @@ def strip(model):
         if isinstance(layer, Masked):
             layer.apply_masks()
             layer = layer.layer
-        copy = _fresh_copy(layer)
+        copy = fresh_copy(layer)
         return copy, layer, copy
 
     return _clone(model, clone_layer)

@@ -44,6 +44,13 @@ def write_json(path, data):
         f.write("\n")
 
 
+def publish_json(data, path=None):
+    """Prints `data` as `write_json` stores it, and writes it to `path` too if one is given."""
+    print(json.dumps({"format_version": FORMAT_VERSION, **data}, indent=2))
+    if path:
+        write_json(path, data)
+
+
 def read_json(path):
     """Reads a file written by `write_json`, checking its format version."""
     try:
