@@ -150,3 +150,27 @@ def test_blocks_are_ranked_by_their_mean_score():
 def test_bad_block_shapes_are_rejected():
     with pytest.raises(ValueError, match=r"block must be None or \(rows, cols\)"):
         PruningPlan(block=(1, 0))
+
+
+@pytest.mark.parametrize("block", [None, (1, 16)])
+def test_the_output_layer_keeps_every_output_unit(block):
+    """A class whose weights all rank lowest keeps its best weight (or block); the others prune as usual."""
+    rng = np.random.default_rng(0)
+    fresh = {"fc/kernel": np.ones((40, 100), np.float32), "output/kernel": np.ones((100, 10), np.float32)}
+    scores = {key: rng.random(mask.shape) for key, mask in fresh.items()}
+    scores["output/kernel"][:, 9] *= 0.01  # class 9's weights are the weakest of the layer
+    plan = PruningPlan(rate=0.2, output_rate=0.5, block=block)
+    masks = plan.prune(fresh, scores, output_layer="output")
+    assert masks["output/kernel"].sum() == 500 if block is None else masks["output/kernel"].sum() < 1000
+    for _ in range(7):
+        masks = plan.prune(masks, scores, output_layer="output")
+    output = masks["output/kernel"]
+    assert output.sum(axis=0).min() > 0
+    kept = np.flatnonzero(output[:, 9])
+    if block is None:
+        assert list(kept) == [np.argmax(scores["output/kernel"][:, 9])]
+    else:  # one block of 16 inputs (or the partial block of the last 4)
+        assert 0 < len(kept) <= 16 and kept[0] // 16 == kept[-1] // 16
+    # Only the output layer is guarded: hidden units may lose all their inputs.
+    hidden = PruningPlan(rate=0.99, skip=("output",)).prune(fresh, scores, output_layer="output")["fc/kernel"]
+    assert (hidden.sum(axis=0) == 0).any()

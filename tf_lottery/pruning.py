@@ -34,6 +34,8 @@ class PruningPlan:
         rate: fraction of the surviving weights removed per round (0.2 in the paper).
         output_rate: rate for the output layer (the last masked layer); the paper
             prunes it at half the rate of the hidden layers. `None`: use `rate`.
+            Each output unit keeps at least its best weight (or block), so no
+            class is cut off from the network.
         layer_rates: per-layer overrides, keyed by layer name (all its masked
             weights) or by mask key (`"dense/kernel"`).
         scope: `"layerwise"` ranks weights within each layer; `"global"` ranks
@@ -121,9 +123,9 @@ class PruningPlan:
             if self.scope == "global" and rate == self.rate and key not in self.layer_rates:
                 pooled.append(key)
             else:
-                _prune_together([key], new_masks, scores, rate, self.block)
+                _prune_together([key], new_masks, scores, rate, self.block, output_layer)
         if pooled:
-            _prune_together(pooled, new_masks, scores, self.rate, self.block)
+            _prune_together(pooled, new_masks, scores, self.rate, self.block, output_layer)
         return new_masks
 
     def _check_names(self, masks):
@@ -156,6 +158,18 @@ class _BlockGrid:
         blocks = padded.reshape(self.grid[0], self.block[0], self.grid[1], self.block[1])
         return reducer(blocks, axis=(1, 3)).ravel()
 
+    def best_per_output(self, alive, ranked):
+        """Flags, per output unit (last axis; column of blocks), its highest-ranked `alive` weight or block."""
+        if len(self.shape) < 2:
+            return np.zeros_like(alive)
+        columns = self.grid[1] if self.block else self.shape[-1]
+        alive, ranked = alive.reshape(-1, columns), ranked.reshape(-1, columns)
+        best = np.zeros_like(alive)
+        rows = np.argmax(np.where(alive, ranked, -np.inf), axis=0)
+        living = alive.any(axis=0)
+        best[rows[living], np.flatnonzero(living)] = True
+        return best.ravel()
+
     def expand(self, block_values):
         """The weight-shaped array that repeats each block's value over the block."""
         if not self.block:
@@ -166,14 +180,25 @@ class _BlockGrid:
         return full[: self.shape[0], : self.shape[1]]
 
 
-def _prune_together(keys, masks, scores, rate, block=None):
-    """Removes `rate` of the surviving weights (or blocks) of `keys`, ranked together, in place."""
+def _prune_together(keys, masks, scores, rate, block=None, output_layer=None):
+    """Removes `rate` of the surviving weights (or blocks) of `keys`, ranked together, in place.
+
+    The weights of `output_layer` keep each output unit's best surviving
+    weight (or block): a class whose every weight is pruned could never be
+    predicted again.
+    """
     grids = [_BlockGrid(masks[key].shape, block) for key in keys]
     alive_parts = [grid.reduce(masks[key], np.nanmax) > 0 for grid, key in zip(grids, keys)]
-    alive = np.concatenate(alive_parts)
-    ranked = np.concatenate([grid.reduce(scores[key], np.nanmean) for grid, key in zip(grids, keys)])
+    ranked_parts = [grid.reduce(scores[key], np.nanmean) for grid, key in zip(grids, keys)]
+    alive, ranked = np.concatenate(alive_parts), np.concatenate(ranked_parts)
     count = math.floor(rate * alive.sum() + 0.5)
-    survivors = np.flatnonzero(alive)
+    kept = np.zeros_like(alive)
+    offset = 0
+    for key, grid, part, part_ranked in zip(keys, grids, alive_parts, ranked_parts):
+        if output_layer is not None and masking.layer_of(key) == output_layer:
+            kept[offset:offset + part.size] = grid.best_per_output(part, part_ranked)
+        offset += part.size
+    survivors = np.flatnonzero(alive & ~kept)
     order = survivors[np.argsort(ranked[survivors], kind="stable")]
     flat = alive.astype(np.float32)
     flat[order[:count]] = 0
