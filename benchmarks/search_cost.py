@@ -79,9 +79,12 @@ def _search(data, mode, settings, run_dir):
     started = time.time()
     rounds = TicketSearch(lambda: models.get(MODEL)(data.input_shape, data.num_classes), data, config, run_dir,
                           verbose=0).run()["rounds"]
-    return {"seconds": time.time() - started, "iterations": sum(r["iterations"] for r in rounds),
-            "rounds": len(rounds), "density": rounds[-1]["density"], "test_accuracy": rounds[-1]["test_accuracy"],
-            "dense_round_iterations": rounds[0]["iterations"]}
+    result = {"seconds": time.time() - started, "iterations": sum(r["iterations"] for r in rounds),
+              "rounds": len(rounds), "density": rounds[-1]["density"], "test_accuracy": rounds[-1]["test_accuracy"],
+              "dense_round_iterations": rounds[0]["iterations"]}
+    if "early_bird" in rounds[0]:  # where the dense round stopped, and the mask distances that decided it
+        result["early_bird"] = rounds[0]["early_bird"]
+    return result
 
 
 def measure(settings, folder):

@@ -48,6 +48,8 @@ def test_search_cost_quick(tmp_path):
         assert entry["seconds"] > 0 and entry["iterations"] > 0, name
         assert entry["density"] <= report["target_density"] + 0.01, name
         assert "digits: " + name in result.stderr
+    distances = modes["early_bird"]["early_bird"]["distances"]
+    assert distances and all(0 <= distance <= 1 for _, distance in distances)
     assert modes["imp"]["times_cheaper_iterations"] == 1.0
     assert modes["imp_short"]["rounds"] == modes["imp"]["rounds"]
     assert modes["imp_short"]["iterations"] < modes["imp"]["iterations"]
