@@ -35,7 +35,7 @@ benchmarks/results/quick):
 results.json and the figures are rewritten after every finished seed, so a long run can be
 watched; "complete" turns true at the end. A killed run continues with --resume.
 
-    python benchmarks/reproduce_lth.py                       # the full benchmark (~40 min on 2 cores)
+    python benchmarks/reproduce_lth.py                       # the full benchmark (~46 min on 2 cores)
     python benchmarks/reproduce_lth.py --quick               # a smoke run (< 5 min)
     python benchmarks/reproduce_lth.py --dataset=mnist --data_dir=/data/mnist
 """
