@@ -190,14 +190,11 @@ def _prune_together(keys, masks, scores, rate, block=None, output_layer=None):
     grids = [_BlockGrid(masks[key].shape, block) for key in keys]
     alive_parts = [grid.reduce(masks[key], np.nanmax) > 0 for grid, key in zip(grids, keys)]
     ranked_parts = [grid.reduce(scores[key], np.nanmean) for grid, key in zip(grids, keys)]
-    alive, ranked = np.concatenate(alive_parts), np.concatenate(ranked_parts)
+    kept_parts = [grid.best_per_output(part, part_ranked) if masking.layer_of(key) == output_layer
+                  else np.zeros_like(part)
+                  for key, grid, part, part_ranked in zip(keys, grids, alive_parts, ranked_parts)]
+    alive, ranked, kept = (np.concatenate(parts) for parts in (alive_parts, ranked_parts, kept_parts))
     count = math.floor(rate * alive.sum() + 0.5)
-    kept = np.zeros_like(alive)
-    offset = 0
-    for key, grid, part, part_ranked in zip(keys, grids, alive_parts, ranked_parts):
-        if output_layer is not None and masking.layer_of(key) == output_layer:
-            kept[offset:offset + part.size] = grid.best_per_output(part, part_ranked)
-        offset += part.size
     survivors = np.flatnonzero(alive & ~kept)
     order = survivors[np.argsort(ranked[survivors], kind="stable")]
     flat = alive.astype(np.float32)
