@@ -4,6 +4,7 @@ import pytest
 
 import tf_lottery
 from tf_lottery import PruningPlan, criteria
+from tf_lottery.pruning import random_masks_like
 
 L = keras.layers
 
@@ -138,6 +139,29 @@ def test_block_masks_are_whole_blocks_along_the_input_dimension(block):
         assert np.all(edge.reshape(30 // rows, rows, -1).min(axis=(1, 2)) == edge.reshape(30 // rows, rows, -1).max(axis=(1, 2)))
     assert 0.2 < masks["fc/kernel"].mean() < 0.3
     assert masks["conv/kernel"].mean() == pytest.approx(0.25, abs=0.02)  # Unstructured.
+
+
+def test_random_masks_keep_exact_counts():
+    masks = {"a/kernel": (np.arange(100).reshape(10, 10) % 3 == 0).astype(np.float32)}
+    random = random_masks_like(masks, seed=5)
+    assert random["a/kernel"].sum() == masks["a/kernel"].sum()
+    assert not np.array_equal(random["a/kernel"], masks["a/kernel"])
+    np.testing.assert_array_equal(random["a/kernel"], random_masks_like(masks, seed=5)["a/kernel"])
+
+
+def test_random_masks_of_a_block_ticket_are_whole_blocks_of_the_same_count():
+    masks, scores = _masks_and_scores()
+    masks = PruningPlan(rate=0.7, output_rate=None, block=(1, 16)).prune(masks, scores)
+    random = random_masks_like(masks, seed=3, block=(1, 16))
+    kernel = random["fc1/kernel"]  # 100 inputs: six whole blocks of 16 and a partial one of 4 per output unit.
+    whole = kernel[:96].T.reshape(50, 6, 16)
+    assert np.all(whole.min(axis=2) == whole.max(axis=2))
+    assert np.all(kernel[96:].min(axis=0) == kernel[96:].max(axis=0))
+    for key, mask in masks.items():
+        grid_counts = [np.add.reduceat(m, np.arange(0, m.shape[0], 16), axis=0).astype(bool).sum()
+                       for m in (mask, random[key])]
+        assert grid_counts[0] == grid_counts[1], key
+    assert not np.array_equal(kernel, masks["fc1/kernel"])
 
 
 def test_blocks_are_ranked_by_their_mean_score():

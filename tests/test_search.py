@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tf_lottery
 from tf_lottery import datasets, masking, models, storage
-from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, random_masks_like, read_run_config
+from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, read_run_config
 
 DATA = datasets.load("digits", seed=0)
 HISTORY_FIELDS = {"round", "density", "layer_density", "test_accuracy", "val_accuracy", "early_stop_iteration",
@@ -155,13 +155,6 @@ def test_compounded_plan_matches_iterated_rounds():
     assert one_shot["output/kernel"].mean() == pytest.approx(0.9 ** 3, abs=3e-3)
 
 
-def test_random_masks_keep_exact_counts():
-    masks = {"a/kernel": (np.arange(100).reshape(10, 10) % 3 == 0).astype(np.float32)}
-    random = random_masks_like(masks, seed=5)
-    assert random["a/kernel"].sum() == masks["a/kernel"].sum()
-    _assert_same(random, random_masks_like(masks, seed=5))
-
-
 def test_an_existing_run_is_never_clobbered(ticket_run):
     run_dir, _ = ticket_run
     with pytest.raises(FileExistsError, match="Pass resume to continue it, overwrite to start again"):
@@ -240,12 +233,16 @@ def test_tensorboard_gets_one_scalar_per_round(tmp_path):
     assert list(densities) == [0, 1] and densities[0] == 1.0 > densities[1]
 
 
-def test_block_search_prunes_whole_blocks(tmp_path):
-    _search(tmp_path, rounds=1, block="1x4").run()
-    kernel = _round_arrays(tmp_path, 1, "masks")["fc1/kernel"].T  # [out, in]: 64 inputs in blocks of 4
-    blocks = kernel.reshape(kernel.shape[0], -1, 4)
-    assert np.all(blocks.min(axis=2) == blocks.max(axis=2))
-    assert kernel.mean() == pytest.approx(0.8, abs=0.01)
+def test_block_search_and_its_random_mask_control_prune_whole_blocks(tmp_path):
+    _search(tmp_path / "ticket", rounds=1, block="1x4").run()
+    _search(tmp_path / "random", rounds=1, block="1x4", control="random_mask",
+            replay_masks_from=str(tmp_path / "ticket")).run()
+    kernels = [_round_arrays(tmp_path / run, 1, "masks")["fc1/kernel"].T for run in ("ticket", "random")]
+    for kernel in kernels:  # [out, in]: 64 inputs in blocks of 4
+        blocks = kernel.reshape(kernel.shape[0], -1, 4)
+        assert np.all(blocks.min(axis=2) == blocks.max(axis=2))
+        assert kernel.mean() == pytest.approx(0.8, abs=0.01)
+    assert kernels[0].sum() == kernels[1].sum() and not np.array_equal(*kernels)
 
 
 def test_early_bird_ends_the_dense_round_early_and_prunes_to_the_target(tmp_path):

@@ -180,6 +180,25 @@ class _BlockGrid:
         return full[: self.shape[0], : self.shape[1]]
 
 
+def random_masks_like(masks, seed, block=None):
+    """Random masks with the per-key number of surviving weights (or `block`s) of `masks`.
+
+    The random-mask control: `block` (as in `PruningPlan.block`) keeps the
+    structure of a block ticket, so its control has whole blocks too and runs
+    on the same TFLite kernels.
+    """
+    rng = np.random.default_rng(seed)
+    result = {}
+    for key in sorted(masks):
+        mask = np.asarray(masks[key], np.float32)
+        grid = _BlockGrid(mask.shape, block)
+        alive = grid.reduce(mask, np.nanmax) > 0
+        flat = np.zeros(alive.size, np.float32)
+        flat[rng.choice(alive.size, size=int(alive.sum()), replace=False)] = 1
+        result[key] = grid.expand(flat).astype(np.float32)
+    return result
+
+
 def _prune_together(keys, masks, scores, rate, block=None, output_layer=None):
     """Removes `rate` of the surviving weights (or blocks) of `keys`, ranked together, in place.
 

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from tf_lottery import criteria, distribute, environment, masking, storage
 from tf_lottery.callbacks import UNITS, EarlyBirdStopping, LotteryCallback, MovementTracker, parse_rewind_point
-from tf_lottery.pruning import SCOPES, PruningPlan, parse_block
+from tf_lottery.pruning import SCOPES, PruningPlan, parse_block, random_masks_like
 
 REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
 CONTROLS = ("reinit", "random_mask")
@@ -71,7 +71,9 @@ class SearchConfig:
     movement_every: str = _field("step", "How often criterion movement_rate adds up |Δw|: every step, or every "
                                          "epoch (evaluation period).", UNITS)
     rewind: str = _field("init", f"Where survivors restart each round: {REWIND_MODES}.")
-    control: str | None = _field(None, "Run a control instead of a ticket search.", CONTROLS)
+    control: str | None = _field(None, "Run a control instead of a ticket search: reinit (the masks, a fresh "
+                                       "initialization) or random_mask (random masks of the same per-layer density, "
+                                       "in the same blocks).", CONTROLS)
     one_shot: bool = _field(False, "Prune straight to the target density (or `rounds` rounds' worth) at once.")
     early_bird: float | None = _field(None, "Early-bird tickets (You et al., 2020): end the dense round once the "
                                             "mask drawn at the final density changes by less than this fraction "
@@ -345,7 +347,7 @@ class TicketSearch:
         else:
             masks = self._pruned_masks(index)
         if self.config.control == "random_mask" and index > 0:
-            masks = random_masks_like(masks, round_seed(self.config.seed, index))
+            masks = random_masks_like(masks, round_seed(self.config.seed, index), self.plan.block)
         return masks
 
     def _pruned_masks(self, index):
@@ -566,18 +568,6 @@ def best_round(rounds, max_accuracy_drop=0.005):
     floor = rounds[0]["val_accuracy"] - max_accuracy_drop
     eligible = [r for r in rounds if r["val_accuracy"] >= floor]
     return min(eligible, key=lambda r: r["density"])["round"]
-
-
-def random_masks_like(masks, seed):
-    """Random masks with exactly the per-key number of ones of `masks`."""
-    rng = np.random.default_rng(seed)
-    result = {}
-    for key in sorted(masks):
-        mask = np.asarray(masks[key])
-        flat = np.zeros(mask.size, np.float32)
-        flat[rng.choice(mask.size, size=int(mask.sum()), replace=False)] = 1
-        result[key] = flat.reshape(mask.shape)
-    return result
 
 
 def compounded_plan(plan, masks, output_layer, rounds=None):
