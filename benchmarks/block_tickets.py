@@ -49,7 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_lottery import datasets, environment, export, models, storage  # noqa: E402
+from tf_lottery import datasets, environment, export, masking, models, pruning, storage  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
 
 MODEL = "lenet300_100"
@@ -111,13 +111,25 @@ def _export(model, data, path, quantize, sparse=True):
         _log(f"{os.path.basename(path)}: {error}")
         return {"path": None, "parity_error": str(error)}
     outputs = export.run_tflite(export.load_interpreter(path), data.x_test)
-    return {"path": path, "bytes": entry["bytes"], "test_accuracy": _accuracy(outputs, data.y_test),
+    return {"path": path, "density": entry["density"], "bytes": entry["bytes"], "test_accuracy": _accuracy(outputs, data.y_test),
             "top1_agreement": entry["parity"]["top1_agreement"], "padded_inputs": entry["padded_inputs"],
             "block_sparse_check": entry["block_sparse_check"],
             "storage": {w["layer"] or w["tensor"]: w["storage"] + (" " + "x".join(map(str, w["block"]))
                                                                     if w["block"] else "")
                         + (" densified" if w["densified"] else "")
                         for w in entry["weights"]}}
+
+
+def _random_mask_like(ticket, dense, block, seed):
+    """`dense` (the trained round 0) under a random mask of `ticket`'s per-layer densities and blocks.
+
+    The latency reference: its file runs the same kernels on as many blocks per layer as the ticket's, with none
+    of what training chose, so its latency is what TFLite gives any mask of that sparsity (the issue's own
+    measurement pruned random weights). Its accuracy means nothing and is not reported.
+    """
+    masking.set_masks(dense, pruning.random_masks_like(masking.get_masks(ticket), seed,
+                                                       block and pruning.parse_block(block)))
+    return dense
 
 
 def _latencies(paths, x, rounds, runs):
@@ -182,6 +194,12 @@ def measure(name, epochs, settings, seed, folder):
                 key = f"round{index}_{structure}_{kind}"
                 files[key] = _export(model, data, os.path.join(files_dir, f"{key}.tflite"), quantize)
                 ticket["files"][kind] = key
+            key = f"round{index}_{structure}_random_mask_{ticket['fastest']}"
+            reference = _random_mask_like(model, export.load_ticket(os.path.join(folder, name, structure), 0),
+                                          STRUCTURES[structure], seed)
+            files[key] = _export(reference, data,
+                                 os.path.join(files_dir, f"{key}.tflite"), QUANTIZATIONS[ticket["fastest"]])
+            ticket["random_mask_file"] = key
             tickets[index][structure] = ticket
     export_seconds = time.time() - started
     _log(f"[{name}] {len(files)} TFLite files exported and evaluated: {export_seconds:.0f} s")
@@ -197,6 +215,9 @@ def measure(name, epochs, settings, seed, folder):
     for per_structure in tickets.values():
         for ticket in per_structure.values():
             ticket["files"] = {kind: files[key] for kind, key in ticket["files"].items()}
+            reference = files[ticket["random_mask_file"]]
+            ticket["random_mask_file"] = {"quantize": ticket["fastest"],
+                                          **{k: v for k, v in reference.items() if k != "test_accuracy"}}
     return {
         "dataset": data.name, "source": data.source, "epochs_per_round": epochs,
         "train_images": len(data.x_train), "test_images": len(data.x_test),
@@ -218,6 +239,7 @@ def _targets(result):
               "accuracy_drop_points": 100 * (entry["unstructured"]["keras_test_accuracy"] - int8["test_accuracy"])}
     checks = {name: {"value": value, "at_most": TARGETS[name], "held": value <= TARGETS[name]}
               for name, value in values.items()}
+    checks["latency_ratio"]["random_mask_file"] = entry["1x16"]["random_mask_file"].get("latency_ratio")
     return {"round": entry["round"], "density": entry["1x16"]["density"], **checks}
 
 
@@ -230,8 +252,11 @@ def _summary(name, targets):
         if check["value"] is None:
             lines.append(f"{name}, 1x16 int8 ticket: {what}: MISSED (the int8 file failed its parity check)")
             continue
+        reference = check.get("random_mask_file")
         lines.append(f"{name}, 1x16 int8 ticket at {targets['density']:.2%}: {what} {check['value']:.3f}{unit} "
-                     f"(target <= {check['at_most']}{unit}): {'HELD' if check['held'] else 'MISSED'}")
+                     f"(target <= {check['at_most']}{unit}): {'HELD' if check['held'] else 'MISSED'}"
+                     + (f"; a random mask of the same blocks and layer densities: {reference:.3f}{unit}"
+                        if reference is not None else ""))
     return lines
 
 
@@ -246,17 +271,17 @@ def _markdown(results):
         for entry in result["tickets"].values():
             for structure in STRUCTURES:
                 ticket = entry[structure]
-                for kind, figures in ticket["files"].items():
-                    mark = " **fastest**" if kind == ticket["fastest"] else ""
-                    if "parity_error" in figures:
-                        lines.append(f"| {result['dataset']} | {ticket['density']:.1%} | {structure} | "
-                                     f"{ticket['keras_test_accuracy']:.1%} | {ticket['reinit_test_accuracy']:.1%} | "
-                                     f"{kind}{mark} | parity error | - | - |")
-                        continue
-                    lines.append(f"| {result['dataset']} | {ticket['density']:.1%} | {structure} | "
-                                 f"{ticket['keras_test_accuracy']:.1%} | {ticket['reinit_test_accuracy']:.1%} | "
-                                 f"{kind}{mark} | {figures['test_accuracy']:.1%} | {figures['bytes_ratio']:.3f}× | "
-                                 f"{figures['latency_ratio']:.2f}× |")
+                accuracies = f"{ticket['keras_test_accuracy']:.1%} | {ticket['reinit_test_accuracy']:.1%}"
+                rows = [(structure, accuracies, kind + (" **fastest**" if kind == ticket["fastest"] else ""),
+                         figures, f"{figures['test_accuracy']:.1%}" if "test_accuracy" in figures else "-")
+                        for kind, figures in ticket["files"].items()]
+                reference = ticket["random_mask_file"]
+                rows.append((f"{structure} random mask", "- | -", reference["quantize"], reference, "-"))
+                for name, accuracy_columns, kind, figures, file_accuracy in rows:
+                    measured = ("parity error | - | -" if "parity_error" in figures else
+                                f"{file_accuracy} | {figures['bytes_ratio']:.3f}× | {figures['latency_ratio']:.2f}×")
+                    lines.append(f"| {result['dataset']} | {ticket['density']:.1%} | {name} | {accuracy_columns} | "
+                                 f"{kind} | {measured} |")
     return "\n".join(lines)
 
 

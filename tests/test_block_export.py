@@ -91,11 +91,25 @@ def test_the_file_stores_every_fully_connected_weight_in_blocks(fastest, name, b
     assert report["block_sparse_check"]["met"] is True
 
 
-def test_1x16_inputs_are_padded_to_whole_blocks(fastest):
-    _, entry = fastest["1x16"]
+def test_1x16_inputs_are_padded_to_whole_blocks_by_the_layer_before(fastest):
+    path, entry = fastest["1x16"]
     assert entry["padded_inputs"] == {"fc2": [300, 304], "output": [100, 112]}
-    assert [w["shape"] for w in _fully_connected(entry).values()] == [[300, 64], [100, 304], [10, 112]]
-    assert fastest["1x4"][1]["padded_inputs"] == {}  # 64, 300 and 100 are multiples of 4.
+    assert entry["widened_outputs"] == {"fc1": [300, 304], "fc2": [100, 112]}  # Extra zero units, not PAD ops.
+    assert [w["shape"] for w in _fully_connected(entry).values()] == [[304, 64], [112, 304], [10, 112]]
+    ops = [op["op_name"] for op in export.load_interpreter(path)._get_ops_details()]
+    assert ops.count("FULLY_CONNECTED") == 3 and "PAD" not in ops
+    assert fastest["1x4"][1]["padded_inputs"] == fastest["1x4"][1]["widened_outputs"] == {}  # 64, 300, 100: x4.
+
+
+def test_a_dense_layer_whose_input_no_dense_layer_alone_computes_reads_it_through_a_pad_op(tickets, tmp_path):
+    """fc1's output (fc2's input) is also part of the model's output, so fc1 cannot grow: a PAD op pads it."""
+    ticket = tf_lottery.strip(tickets["1x16"])
+    both = keras.Model(ticket.input, keras.layers.Concatenate()([ticket.output, ticket.get_layer("fc1").output]))
+    entry = export.export_tflite(both, tmp_path / "pad.tflite", quantize="int8", representative_data=SAMPLE)
+    assert entry["padded_inputs"] == {"fc2": [300, 304], "output": [100, 112]}
+    assert entry["widened_outputs"] == {"fc2": [100, 112]}
+    ops = [op["op_name"] for op in export.load_interpreter(tmp_path / "pad.tflite")._get_ops_details()]
+    assert ops.count("PAD") == 1 and entry["block_sparse_check"]["met"] is True
 
 
 def test_an_unstructured_ticket_is_stored_sparse_and_expanded_at_load(fastest):
@@ -118,7 +132,7 @@ def test_outputs_match_the_keras_model(tickets, fastest, name):
 
 def test_without_padding_tflites_1x16_kernel_computes_wrong_outputs(tickets, tmp_path, monkeypatch):
     """Why the inputs are padded: TFLite's 1x16 kernel reads past a partial last block (300 and 100 inputs)."""
-    monkeypatch.setattr(export, "_pad_dense_inputs", lambda plain, *args, **kwargs: (plain, {}))
+    monkeypatch.setattr(export, "_pad_dense_inputs", lambda plain, *args, **kwargs: (plain, {}, {}))
     with pytest.raises(export.ParityError, match="int8 export differs"):
         export.export_tflite(tickets["1x16"], tmp_path / "unpadded.tflite", quantize="int8",
                              representative_data=SAMPLE)
@@ -197,6 +211,11 @@ def test_benchmark_quick_prints_and_writes_the_documented_figures(tmp_path):
         for file in ticket[structure]["files"].values():
             assert file["latency_us"] > 0 and 0 < file["bytes_ratio"] < 1 and 0 <= file["test_accuracy"] <= 1
     assert [ticket[s]["fastest"] for s in ("unstructured", "1x4", "1x16")] == ["dynamic", "float", "int8"]
+    reference = ticket["1x16"]["random_mask_file"]  # Same blocks and layer densities, other blocks kept.
+    assert reference["quantize"] == "int8" and reference["block_sparse_check"]["met"] is True
+    assert reference["density"] == pytest.approx(ticket["1x16"]["files"]["int8"]["density"], abs=0.01)
+    assert reference["latency_us"] > 0 and "test_accuracy" not in reference
+    assert report["targets"]["digits"]["latency_ratio"]["random_mask_file"] == reference["latency_ratio"]
     assert ticket["1x16"]["files"]["int8"]["storage"] == dict.fromkeys(["fc1", "fc2", "output"], "block_sparse 1x16")
     assert ticket["1x16"]["files"]["int8"]["block_sparse_check"]["met"] is True
     assert set(report["targets"]["digits"]) == {"round", "density", "latency_ratio", "bytes_ratio",

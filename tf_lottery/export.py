@@ -55,9 +55,13 @@ such zeros in every Dense kernel:
   input size is not a multiple of the block width (LeNet-300-100's 300 and
   100 inputs for 1x16: the partial last block reads past the input). So before
   converting, every such Dense layer whose kernel is block-structured reads its
-  input zero-padded to the next multiple (one PAD op; the kernel gets zero rows
-  that are never stored). The outputs are unchanged (the parity check compares
-  them with the unpadded model); the entry lists the padded layers.
+  input zero-padded to the next multiple (its kernel gets zero rows that are
+  never stored). When a Dense layer that feeds nothing else computes that
+  input, it gets the extra output units, with zero weights and bias, and the
+  padding costs nothing; otherwise one PAD op pads the input. The outputs are
+  unchanged (the parity check compares them with the unpadded model); the
+  entry lists the padded layers (`padded_inputs`) and the widened ones
+  (`widened_outputs`).
 * After conversion, the file's flatbuffer is read (`tflite_file.weight_storage`): every
   weight tensor of a FULLY_CONNECTED or convolution op is reported with its
   storage (`"dense"`, `"sparse"` or `"block_sparse"` and the block), whether
@@ -200,8 +204,8 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
     data = _as_inputs(plain, representative_data)
     kernel_width = KERNEL_BLOCKS[quantize][1]
     # TFLite's block-sparse kernels need whole blocks: pad the inputs of the layers they would run.
-    converted, padded = _pad_dense_inputs(plain, kernel_width, standard_layers=quantize == "pqat") if sparse \
-        else (plain, {})
+    converted, padded, widened = _pad_dense_inputs(plain, kernel_width, standard_layers=quantize == "pqat") \
+        if sparse else (plain, {}, {})
     with tempfile.TemporaryDirectory() as folder:
         if quantize == "pqat":
             qat_model = tfmot_bridge.prune_preserving_qat(converted, data, epochs=pqat_epochs)
@@ -223,7 +227,7 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
         interpreter = load_interpreter(temporary)
         parity = _parity(plain, lambda x: run_tflite(interpreter, x), data, quantize or "float")
     sparse_tensors = sum(bool(t["sparsity_parameters"]) for t in interpreter.get_tensor_details())
-    weights = _name_layers(tflite_file.weight_storage(content), plain, padded)
+    weights = _name_layers(tflite_file.weight_storage(content), plain, padded, widened)
     check = _block_check(weights, block if sparse else None, quantize)
     if check["met"] is False:
         warnings.warn(f"{os.fspath(path)} does not store all its fully-connected weights in the blocks TFLite's "
@@ -232,6 +236,7 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
     return _record(path, {"format": "tflite", "quantize": quantize, "requested_quantize": requested,
                           "sparse": sparse, "density": density(plain), "block": list(block) if block else None,
                           **_sizes(path), "sparse_tensors": sparse_tensors, "padded_inputs": padded,
+                          "widened_outputs": widened,
                           "block_sparse_check": check, "weights": weights, "parity": parity})
 
 
@@ -311,6 +316,29 @@ class _PadFeatures(keras.layers.Layer):
         return {**super().get_config(), "amount": self.amount}
 
 
+def _widenable_producer(layer, model_outputs):
+    """The Dense layer whose output only `layer` reads (and no model returns), or `None`.
+
+    Such a producer can get extra output units with zero weights: the padding
+    that `layer` needs then costs no op.
+    """
+    parents = layer._inbound_nodes[0].parent_nodes
+    producer = parents[0].operation if len(parents) == 1 else None
+    if not (isinstance(producer, keras.layers.Dense) and len(producer.kernel.shape) == 2
+            and len(producer._inbound_nodes) == 1 and len(producer._outbound_nodes) == 1
+            and id(producer.output) not in model_outputs):
+        return None
+    return producer
+
+
+def _models(model):
+    """`model` and every model nested in it."""
+    yield model
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _models(layer)
+
+
 def _pad_dense_inputs(plain, width, *, standard_layers=False):
     """A copy of `plain` in which block-structured Dense layers read whole blocks of `width` inputs.
 
@@ -318,13 +346,18 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
     `width` and whose kernel's zeros fill whole 1 x `width` blocks (so that
     TFLite would store it block-sparse) reads its input zero-padded to the next
     multiple, with zero rows added to its kernel: the outputs are unchanged.
+    If a Dense layer that feeds nothing else computes that input, it gets the
+    extra output units instead (zero weights and bias; the padded layer
+    ignores them), which costs no op; otherwise a PAD op pads the input.
     `standard_layers` pads with Reshape/ZeroPadding2D/Reshape (which
     `tfmot_bridge` translates) instead of one `_PadFeatures` layer.
 
     Returns:
-        `(model, {layer name: [inputs, padded inputs]})`; `plain` itself if no layer needs it.
+        `(model, {layer name: [inputs, padded inputs]}, {widened layer name: [units, widened units]})`;
+        `plain` itself (and empty dicts) if no layer needs it.
     """
-    targets = {}
+    targets, widened = {}, {}  # id(layer) -> (name, inputs, padded inputs); id(producer) -> (name, units, widened)
+    model_outputs = {id(output) for model in _models(plain) for output in model.outputs}
     for prefix, layer in masking.walk_layers(plain):
         if not (isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2
                 and len(layer.get_weights()) == (2 if layer.use_bias else 1) and len(layer._inbound_nodes) == 1
@@ -333,8 +366,11 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         if kernel.shape[0] % width and not np.all(kernel) and _in_blocks(kernel, width):
             targets[id(layer)] = (prefix + layer.name, kernel.shape[0], -(-kernel.shape[0] // width) * width)
+            producer = _widenable_producer(layer, model_outputs)
+            if producer is not None:
+                widened[id(producer)] = (prefix + producer.name, producer.units, targets[id(layer)][2])
     if not targets:
-        return plain, {}
+        return plain, {}, {}
     copies = []
 
     def padded_call(copy, size, amount):
@@ -355,12 +391,17 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
             if id(layer) not in made:
                 if isinstance(layer, keras.Model):
                     made[id(layer)] = rebuild(layer)
-                elif id(layer) in targets:
-                    copy = layer.__class__.from_config(layer.get_config())  # Built by its first (padded) call.
-                    kernel, *rest = layer.get_weights()
-                    amount = targets[id(layer)][2] - kernel.shape[0]
-                    copies.append((copy, [np.pad(kernel, ((0, amount), (0, 0))), *rest]))
-                    made[id(layer)] = padded_call(copy, kernel.shape[0], amount)
+                elif id(layer) in targets or id(layer) in widened:
+                    units = widened[id(layer)][2] if id(layer) in widened else layer.units
+                    copy = layer.__class__.from_config({**layer.get_config(), "units": units})  # Built when called.
+                    kernel, *bias = layer.get_weights()
+                    rows = targets[id(layer)][2] - kernel.shape[0] if id(layer) in targets else 0
+                    columns = units - layer.units
+                    copies.append((copy, [np.pad(kernel, ((0, rows), (0, columns))),
+                                          *(np.pad(b, (0, columns)) for b in bias)]))
+                    parent = layer._inbound_nodes[0].parent_nodes
+                    fed_wide = len(parent) == 1 and id(parent[0].operation) in widened
+                    made[id(layer)] = padded_call(copy, kernel.shape[0], rows) if rows and not fed_wide else copy
                 else:
                     copy = masking.fresh_copy(layer)
                     copies.append((copy, layer.get_weights()))
@@ -375,15 +416,17 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
     padded = rebuild(plain)
     for copy, weights in copies:
         copy.set_weights(weights)
-    return padded, {name: [inputs, size] for name, inputs, size in targets.values()}
+    return (padded, {name: [inputs, size] for name, inputs, size in targets.values()},
+            {name: [units, size] for name, units, size in widened.values()})
 
 
-def _name_layers(weights, plain, padded):
+def _name_layers(weights, plain, padded, widened):
     """Adds `layer`: the Dense layer whose kernel a FULLY_CONNECTED weight is, when its shape tells it uniquely."""
     by_shape = {}
     for name, kernel in _dense_kernels(plain).items():
         inputs = padded[name][1] if name in padded else kernel.shape[0]
-        by_shape.setdefault((kernel.shape[1], inputs), []).append(name)
+        units = widened[name][1] if name in widened else kernel.shape[1]
+        by_shape.setdefault((units, inputs), []).append(name)
     for weight in weights:
         names = by_shape.get(tuple(weight["shape"]), []) if weight["op"] == "FULLY_CONNECTED" else []
         weight["layer"] = names[0] if len(names) == 1 else None
