@@ -141,6 +141,25 @@ def test_one_shot_prunes_to_the_target_in_one_round(tmp_path):
     assert history["rounds"][1]["density"] > 0.2
 
 
+def test_rounds_to_target_reaches_the_target_in_that_many_equal_rounds(tmp_path):
+    """Six rounds of the plan (20% per round; 10% for the output layer) reach 30%; two rounds do it in halves."""
+    history = _search(tmp_path / "two", rounds=None, target_density=0.3, rounds_to_target=2).run()
+    iterated = _search(tmp_path / "six", rounds=None, target_density=0.3).run()
+    assert len(history["rounds"]) == 3 and len(iterated["rounds"]) == 7
+    halfway, final = (_round_arrays(tmp_path / "two", index, "masks") for index in (1, 2))
+    iterated_final = _round_arrays(tmp_path / "six", 6, "masks")
+    for key, mask in final.items():
+        first_rate = 0.1 if key.startswith("output") else 0.2
+        assert halfway[key].mean() == pytest.approx((1 - first_rate) ** 3, abs=0.01), key
+        assert mask.sum() == pytest.approx(iterated_final[key].sum(), rel=0.01), key
+        assert np.all(mask <= halfway[key]), key  # Nested: the second round prunes survivors only.
+    assert history["rounds"][2]["density"] == pytest.approx(iterated["rounds"][6]["density"], abs=0.002)
+    # Stopped after round 1 (rounds=1) and resumed, it prunes round 2 as the run that went through did.
+    _search(tmp_path / "resumed", rounds=1, target_density=0.3, rounds_to_target=2).run()
+    _search(tmp_path / "resumed", rounds=None, target_density=0.3, rounds_to_target=2, resume=True).run()
+    _assert_same(_round_arrays(tmp_path / "resumed", 2, "masks"), final)
+
+
 def test_target_density_stops_the_search(tmp_path):
     history = _search(tmp_path, rounds=None, target_density=0.7, output_prune_rate=None).run()
     assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.8, 0.64]
@@ -198,6 +217,9 @@ def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
     ({"early_bird": 1.5}, r"early_bird must be a mask distance in \(0, 1\]"),
     ({"early_bird_patience": 0}, "early_bird_patience must be a positive integer"),
     ({"movement_every": "batch"}, r"movement_every must be one of \('step', 'epoch'\)"),
+    ({"rounds_to_target": 2}, "rounds_to_target needs target_density"),
+    ({"rounds_to_target": 2, "target_density": 0.1, "one_shot": True}, "excludes one_shot and early_bird"),
+    ({"rounds_to_target": 0, "target_density": 0.1}, "rounds_to_target must be a positive integer"),
 ])
 def test_bad_configurations_fail_with_their_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -264,7 +286,7 @@ def test_early_bird_ends_the_dense_round_early_and_prunes_to_the_target(tmp_path
 
 def test_early_bird_excludes_replayed_masks(ticket_run, tmp_path):
     run_dir, _ = ticket_run
-    with pytest.raises(ValueError, match="one_shot and early_bird exclude replay_masks_from"):
+    with pytest.raises(ValueError, match="one_shot, early_bird and rounds_to_target exclude replay_masks_from"):
         _search(tmp_path, early_bird=0.1, replay_masks_from=str(run_dir))
 
 

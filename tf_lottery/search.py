@@ -75,6 +75,9 @@ class SearchConfig:
                                        "initialization) or random_mask (random masks of the same per-layer density, "
                                        "in the same blocks).", CONTROLS)
     one_shot: bool = _field(False, "Prune straight to the target density (or `rounds` rounds' worth) at once.")
+    rounds_to_target: int | None = _field(None, "Reach target_density in this many pruning rounds, each removing "
+                                                "the same share of what the plan's rates remove on the way there "
+                                                "(1 is one_shot).")
     early_bird: float | None = _field(None, "Early-bird tickets (You et al., 2020): end the dense round once the "
                                             "mask drawn at the final density changes by less than this fraction "
                                             "(e.g. 0.1) in early_bird_patience evaluations in a row, then prune "
@@ -104,12 +107,16 @@ class SearchConfig:
                 raise ValueError(f"rewind must be one of {REWIND_MODES}; got {self.rewind!r}.") from None
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("Give exactly one of epochs or iterations per round.")
-        for name in ("rounds", "epochs", "iterations", "eval_every", "batch_size", "early_bird_patience"):
+        for name in ("rounds", "epochs", "iterations", "eval_every", "batch_size", "early_bird_patience",
+                     "rounds_to_target"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
         if self.rounds is None and self.target_density is None:
             raise ValueError("Give rounds, target_density, or both, so the search knows when to stop.")
+        if self.rounds_to_target is not None and (self.target_density is None or self.prunes_once):
+            raise ValueError("rounds_to_target needs target_density (the density its rounds reach) and excludes "
+                             "one_shot and early_bird (which prune to it in one round).")
         if self.iterations and self.eval_every and self.iterations % self.eval_every:
             raise ValueError(f"iterations ({self.iterations}) must be a multiple of eval_every ({self.eval_every}).")
         if self.early_bird is not None and not 0 < self.early_bird <= 1:
@@ -187,9 +194,9 @@ class TicketSearch:
                  overwrite=False, verbose=1, tensorboard=False, wrap_kwargs=None, strategy=None):
         if resume and overwrite:
             raise ValueError("Choose resume or overwrite, not both.")
-        if config.prunes_once and replay_masks_from:
-            raise ValueError("one_shot and early_bird exclude replay_masks_from: a replay takes its densities "
-                             "from the replayed run.")
+        if (config.prunes_once or config.rounds_to_target) and replay_masks_from:
+            raise ValueError("one_shot, early_bird and rounds_to_target exclude replay_masks_from: a replay takes "
+                             "its densities from the replayed run.")
         self.build_model, self.data, self.config = build_model, data, config
         self.run_dir, self.replay_masks_from = run_dir, replay_masks_from
         self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
@@ -312,6 +319,8 @@ class TicketSearch:
     def _last_round(self):
         if self.config.prunes_once:
             return 1
+        if self.config.rounds_to_target:
+            return min(self.config.rounds or sys.maxsize, self.config.rounds_to_target)
         if self.replayed is not None:
             return len(self.replayed) - 1 if self.config.rounds is None else min(len(self.replayed) - 1,
                                                                                    self.config.rounds)
@@ -355,7 +364,13 @@ class TicketSearch:
         final = masking.get_prunable_weights(self.model, state["trained"])
         initial = masking.get_prunable_weights(self.model, state["rewind"])
         scores = criteria.score(self.criterion, final, initial, state.get("statistics"))
-        plan = self._one_shot_plan(state["masks"]) if self.config.prunes_once else self.plan
+        if self.config.prunes_once:
+            plan = self._one_shot_plan(state["masks"])
+        elif self.config.rounds_to_target:
+            plan = compounded_plan(self.plan, self._first_masks, self._output_layer(),
+                                   steps=self.config.rounds_to_target)
+        else:
+            plan = self.plan
         return plan.prune(state["masks"], scores, output_layer=self._output_layer())
 
     def _one_shot_plan(self, masks):
@@ -390,7 +405,7 @@ class TicketSearch:
         """
         self._round_state = state
         if index == 0:
-            self._rewind_point = state["rewind"]
+            self._rewind_point, self._first_masks = state["rewind"], state["masks"]
 
     def _start_round(self, index, masks):
         weights = self._start_weights(index)
@@ -570,11 +585,12 @@ def best_round(rounds, max_accuracy_drop=0.005):
     return min(eligible, key=lambda r: r["density"])["round"]
 
 
-def compounded_plan(plan, masks, output_layer, rounds=None):
-    """A plan that prunes in one step what `plan` prunes in several rounds.
+def compounded_plan(plan, masks, output_layer, rounds=None, steps=1):
+    """A plan that prunes in `steps` equal steps what `plan` prunes from `masks` in several rounds.
 
     The number of rounds is `rounds`, or (if None) the fewest that bring the
-    global density to `plan.target_density`.
+    global density to `plan.target_density`. Each step removes the same
+    fraction of the survivors of every layer.
     """
     if rounds is None:
         rounds, simulated = 0, masks
@@ -587,5 +603,6 @@ def compounded_plan(plan, masks, output_layer, rounds=None):
     for key in masks:
         rate = plan.rate_for(key, output_layer)
         if rate is not None and rate != plan.rate:
-            layer_rates[key] = 1 - (1 - rate) ** rounds
-    return dataclasses.replace(plan, rate=1 - (1 - plan.rate) ** rounds, output_rate=None, layer_rates=layer_rates)
+            layer_rates[key] = 1 - (1 - rate) ** (rounds / steps)
+    return dataclasses.replace(plan, rate=1 - (1 - plan.rate) ** (rounds / steps), output_rate=None,
+                               layer_rates=layer_rates)
