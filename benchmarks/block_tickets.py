@@ -10,9 +10,13 @@ in one process:
 2. The reinit control of each search (`control="reinit"`, `replay_masks_from=`): the measured rounds' masks,
    trained from a fresh random initialization. The replayed directory holds only the masks of round 0 and the
    measured rounds (a search replays round folders in order), so a control trains those rounds, not all of them.
+   With `--rewind=lr` (or `finetune`) the survivors keep their trained weights from round to round: the
+   networks are pruned and retrained, not rewound tickets, so no reinit control is run.
 3. TFLite files (`tf_lottery.export.export_tflite`, sparse storage): of every ticket a float, a dynamic-range and a
    full int8 file, and the dense float file of round 0 of the unstructured search, the baseline. The file
-   `quantize="fastest"` picks (`export.FASTEST_QUANTIZE`) is marked. Each file's test accuracy (LiteRT), bytes,
+   `quantize="fastest"` picks (`export.FASTEST_QUANTIZE`) is marked. A latency reference per ticket: the same
+   quantization of round 0's dense network under a random mask of the ticket's blocks and layer densities
+   (`pruning.random_masks_like`), which runs the same kernels on as many blocks as the ticket does. Each file's test accuracy (LiteRT), bytes,
    block-sparse check (`export_report.json`), and median latency: LiteRT interpreter, batch 1, one thread, built-in
    kernels without the default XNNPACK delegate (`export.load_interpreter`), all files of a dataset timed in
    --latency_rounds rounds (order reversed every other round) of --latency_runs invocations after a warm-up,
@@ -31,7 +35,8 @@ iterations per round): 5 epochs per round on the MNIST subset (about 300 iterati
 Run from the repository root:
 
     python benchmarks/block_tickets.py [--datasets mnist_subset,fashion_mnist] [--epochs 5,1] [--rounds 15]
-        [--densities 0.1,0.036] [--latency_rounds 10] [--latency_runs 300] [--seed 0] [--output result.json]
+        [--densities 0.1,0.036] [--latency_rounds 10] [--latency_runs 300] [--rewind init] [--seed 0]
+        [--output result.json]
 
 `--quick` uses tiny settings (for tests; the figures then mean nothing). The JSON (with `format_version`) goes
 to stdout, and to `--output` if given (written atomically with `tf_lottery.storage.write_json`).
@@ -59,6 +64,8 @@ QUANTIZATIONS = {"float": None, "dynamic": "dynamic", "int8": "int8"}
 TARGETS = {"latency_ratio": 0.25, "bytes_ratio": 0.03, "accuracy_drop_points": 1.0}
 TARGET_DENSITY = 0.036
 WARMUP_RUNS = 30
+#: Rewinding modes that keep training the pruned network: no reinit control applies.
+UNREWOUND = ("lr", "finetune")
 QUICK = {"datasets": ["digits"], "epochs": [1], "rounds": 1, "prune_rate": 0.75, "output_prune_rate": 0.5,
          "densities": [0.25], "latency_rounds": 2, "latency_runs": 20}
 
@@ -71,6 +78,8 @@ flags.DEFINE_float("output_prune_rate", 0.1, "Rate for the output layer.")
 flags.DEFINE_list("densities", ["0.1", "0.036"], "Ticket densities to measure (the nearest rounds).")
 flags.DEFINE_integer("latency_rounds", 10, "Rounds of timing over all files of a dataset.", lower_bound=1)
 flags.DEFINE_integer("latency_runs", 300, "Timed batch-1 invocations per file and round.", lower_bound=1)
+flags.DEFINE_string("rewind", "init", "Where survivors restart each round (SearchConfig.rewind); with 'lr' or "
+                    "'finetune' they keep training, so there is no ticket and no reinit control.")
 flags.DEFINE_integer("seed", 0, "Seed of the searches, the controls and the data split.")
 flags.DEFINE_string("output", None, "Also write the JSON to this file.")
 flags.DEFINE_bool("quick", False, f"Tiny settings for smoke tests: {QUICK}; overrides the flags it names.")
@@ -154,7 +163,7 @@ def measure(name, epochs, settings, seed, folder):
     data = datasets.load(name, seed=seed)
     _log(f"[{name}] {len(data.x_train)} training images, {epochs} epoch(s) per round, {settings['rounds']} rounds.")
     base = dict(rounds=settings["rounds"], epochs=epochs, prune_rate=settings["prune_rate"],
-                output_prune_rate=settings["output_prune_rate"], seed=seed)
+                output_prune_rate=settings["output_prune_rate"], rewind=settings["rewind"], seed=seed)
     histories, controls, seconds = {}, {}, {}
     for structure, block in STRUCTURES.items():
         run_dir = os.path.join(folder, name, structure)
@@ -163,7 +172,7 @@ def measure(name, epochs, settings, seed, folder):
              f"{[round(r['density'], 4) for r in histories[structure]['rounds']]}")
     rounds = sorted({min(histories["unstructured"]["rounds"], key=lambda r: abs(r["density"] - target))["round"]
                      for target in settings["densities"]})
-    for structure, block in STRUCTURES.items():
+    for structure, block in STRUCTURES.items() if settings["rewind"] not in UNREWOUND else ():
         replay = _replay_dir(os.path.join(folder, name, structure), rounds,
                              os.path.join(folder, name, f"{structure}_masks"))
         config = SearchConfig(block=block, control="reinit", **{**base, "rounds": len(rounds)})
@@ -186,8 +195,8 @@ def measure(name, epochs, settings, seed, folder):
             block = export.block_structure(model)
             ticket = {"density": metrics["density"], "block_found": list(block) if block else None,
                       "keras_test_accuracy": metrics["test_accuracy"],
-                      "reinit_test_accuracy": controls[structure][index]["test_accuracy"],
-                      "reinit_density": controls[structure][index]["density"],
+                      "reinit_test_accuracy": controls[structure][index]["test_accuracy"] if controls else None,
+                      "reinit_density": controls[structure][index]["density"] if controls else None,
                       "fastest": next(k for k, q in QUANTIZATIONS.items() if q == export.FASTEST_QUANTIZE[block]),
                       "files": {}}
             for kind, quantize in QUANTIZATIONS.items():
@@ -271,7 +280,8 @@ def _markdown(results):
         for entry in result["tickets"].values():
             for structure in STRUCTURES:
                 ticket = entry[structure]
-                accuracies = f"{ticket['keras_test_accuracy']:.1%} | {ticket['reinit_test_accuracy']:.1%}"
+                reinit = ticket["reinit_test_accuracy"]
+                accuracies = f"{ticket['keras_test_accuracy']:.1%} | {'-' if reinit is None else f'{reinit:.1%}'}"
                 rows = [(structure, accuracies, kind + (" **fastest**" if kind == ticket["fastest"] else ""),
                          figures, f"{figures['test_accuracy']:.1%}" if "test_accuracy" in figures else "-")
                         for kind, figures in ticket["files"].items()]
@@ -291,7 +301,7 @@ def main(argv):
     started = time.time()
     load_at_start = os.getloadavg()[0]
     if FLAGS.quick:
-        settings = dict(QUICK)
+        settings = {**QUICK, "rewind": FLAGS.rewind}
     else:
         epochs = [int(e) for e in FLAGS.epochs]
         if len(epochs) not in (1, len(FLAGS.datasets)):
@@ -300,7 +310,7 @@ def main(argv):
                     "rounds": FLAGS.rounds, "prune_rate": FLAGS.prune_rate,
                     "output_prune_rate": FLAGS.output_prune_rate,
                     "densities": [float(d) for d in FLAGS.densities], "latency_rounds": FLAGS.latency_rounds,
-                    "latency_runs": FLAGS.latency_runs}
+                    "latency_runs": FLAGS.latency_runs, "rewind": FLAGS.rewind}
     with tempfile.TemporaryDirectory() as folder:
         results = [measure(name, epochs, settings, FLAGS.seed, folder)
                    for name, epochs in zip(settings["datasets"], settings["epochs"])]
