@@ -12,7 +12,12 @@ data order) down to --target_density (default 5%):
   every round (`SHORT_ROUNDS`);
 * `one_shot`: a full dense round, then one round pruned to the target;
 * `movement_rate`: one-shot, scored by the change-based criterion (per-step
-  accumulated |dw|; the slowest-changing weights are pruned) instead of magnitude.
+  accumulated |dw|; the slowest-changing weights are pruned) instead of magnitude;
+* `two_rounds`: iterative pruning in two rounds (`rounds_to_target=2`), each
+  removing half (geometrically) of what full IMP removes on the way to the target;
+* `two_rounds_lr`: the same with learning-rate rewinding (`rewind="lr"`): the
+  survivors keep their trained weights, so the result is a pruned and retrained
+  network, not a ticket rewound to initialization.
 
 Per mode and dataset it reports wall time and training iterations (all rounds),
 the final density and test accuracy (last round), and the ratios to full IMP
@@ -26,7 +31,11 @@ round on the 3,500 training images of the MNIST subset (about 20 epochs) and
 3,600 on Fashion-MNIST's 55,000 (about 4 epochs), evaluated every 60 / 360
 iterations (the early-bird checks). Run from the repository root:
 
-    python benchmarks/search_cost.py [--datasets=mnist_subset,fashion_mnist] [--output=result.json]
+    python benchmarks/search_cost.py [--datasets=mnist_subset,fashion_mnist] [--modes=imp,...] [--seed=0]
+        [--output=result.json]
+
+`--modes` runs a subset (IMP, the baseline of every ratio, always runs), e.g. to repeat the
+closest modes with other seeds.
 
 `--quick` uses tiny settings (for smoke tests; the figures then mean nothing).
 The JSON goes to stdout, and to `--output` if given.
@@ -52,6 +61,8 @@ MODES = {
     "early_bird": {"early_bird": 0.1, "early_bird_patience": 5},
     "one_shot": {"one_shot": True},
     "movement_rate": {"one_shot": True, "criterion": "movement_rate"},
+    "two_rounds": {"rounds_to_target": 2},
+    "two_rounds_lr": {"rounds_to_target": 2, "rewind": "lr"},
 }
 #: imp_short trains this many times fewer iterations per round than the other modes.
 SHORT_ROUNDS = 5
@@ -65,6 +76,7 @@ flags.DEFINE_list("datasets", ["mnist_subset", "fashion_mnist"], f"Datasets, of 
 flags.DEFINE_float("target_density", 0.05, "Density every mode prunes to.", lower_bound=0, upper_bound=1)
 flags.DEFINE_string("data_dir", None, "Folder holding the dataset files, for datasets that need them.")
 flags.DEFINE_integer("seed", 0, "Seed of every search and of the data split.")
+flags.DEFINE_list("modes", list(MODES), f"Modes to run, of {list(MODES)}; imp always runs.")
 flags.DEFINE_string("output", None, "Also write the JSON to this file.")
 flags.DEFINE_bool("quick", False, f"Tiny settings for smoke tests: {QUICK}; overrides the flags it names.")
 
@@ -93,7 +105,7 @@ def measure(settings, folder):
     for name in settings["datasets"]:
         data = datasets.load(name, data_dir=settings["data_dir"], seed=settings["seed"])
         modes = {}
-        for mode in MODES:
+        for mode in settings["modes"]:
             modes[mode] = _search(data, mode, settings, os.path.join(folder, name, mode))
             print(f"{name}: {mode}: {modes[mode]['iterations']} iterations in {modes[mode]['seconds']:.0f} s, "
                   f"test accuracy {modes[mode]['test_accuracy']:.4f} at density {modes[mode]['density']:.3f}",
@@ -112,7 +124,7 @@ def measure(settings, folder):
                          "target_met_by": [mode for mode, entry in modes.items() if entry["meets_target"]]}
     return {
         "model": MODEL, "target_density": settings["target_density"], "seed": settings["seed"],
-        "quick": settings["quick"], "target": TARGET, "modes": MODES,
+        "quick": settings["quick"], "target": TARGET, "modes": {mode: MODES[mode] for mode in settings["modes"]},
         "imp_short_iterations_per_round": f"1/{SHORT_ROUNDS} of the others'", "datasets": results,
         **environment.machine(),
     }
@@ -122,10 +134,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     settings = {"datasets": FLAGS.datasets, "target_density": FLAGS.target_density, "data_dir": FLAGS.data_dir,
-                "seed": FLAGS.seed, "quick": FLAGS.quick, **(QUICK if FLAGS.quick else {})}
-    unknown = sorted(set(settings["datasets"]) - set(SCHEDULES))
-    if unknown:
-        raise app.UsageError(f"--datasets has {unknown}; choose from {sorted(SCHEDULES)}.")
+                "seed": FLAGS.seed, "quick": FLAGS.quick, "modes": [m for m in MODES if m == "imp" or m in FLAGS.modes],
+                **(QUICK if FLAGS.quick else {})}
+    for flag, given, known in (("datasets", settings["datasets"], SCHEDULES), ("modes", FLAGS.modes, MODES)):
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise app.UsageError(f"--{flag} has {unknown}; choose from {sorted(known)}.")
     with tempfile.TemporaryDirectory() as folder:
         report = measure(settings, folder)
     storage.publish_json(report, FLAGS.output)

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FIELDS = ("plain_ms_per_step", "wrapped_ms_per_step", "ratio", "repeats", "steps", "batch_size")
 
@@ -43,7 +45,7 @@ def test_search_cost_quick(tmp_path):
     report = json.loads(output.read_text())
     assert json.loads(result.stdout) == report
     modes = report["datasets"]["digits"]["modes"]
-    assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate"}
+    assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate", "two_rounds", "two_rounds_lr"}
     for name, entry in modes.items():
         assert entry["seconds"] > 0 and entry["iterations"] > 0, name
         assert entry["density"] <= report["target_density"] + 0.01, name
@@ -56,3 +58,16 @@ def test_search_cost_quick(tmp_path):
     # One-shot trains two rounds where IMP trains one per step down to the target.
     assert modes["one_shot"]["rounds"] == 2 < modes["imp"]["rounds"]
     assert modes["early_bird"]["dense_round_iterations"] <= modes["one_shot"]["dense_round_iterations"]
+    for name in ("two_rounds", "two_rounds_lr"):  # Dense round and two pruning rounds, to IMP's density.
+        assert modes[name]["rounds"] == 3 and modes[name]["density"] == pytest.approx(modes["imp"]["density"], abs=0.01)
+
+
+def test_search_cost_runs_the_modes_asked_for_beside_imp(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/search_cost.py", "--quick", "--modes=two_rounds"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert set(report["modes"]) == set(report["datasets"]["digits"]["modes"]) == {"imp", "two_rounds"}
+    bad = subprocess.run([sys.executable, "benchmarks/search_cost.py", "--quick", "--modes=three_rounds"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--modes has ['three_rounds']" in bad.stderr
