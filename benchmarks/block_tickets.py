@@ -27,7 +27,7 @@ file's latency, in <= 0.03x its bytes, and its test accuracy is within 1 point o
 The JSON's `targets` holds each value, limit and whether it held; `summary` says it in words (also printed to
 stderr, with a markdown table of the figures).
 
-Budget: the default run takes about 15 minutes on a 2-core CPU, so it trains less than the paper (50,000
+Budget: the default run takes about 10 minutes on a 2-core CPU, so it trains less than the paper (50,000
 iterations per round): 5 epochs per round on the MNIST subset (about 300 iterations) and 1 on Fashion-MNIST
 (about 920), at the paper's rates (20% per round, 10% for the output layer), 15 rounds (10.7% and 3.6% at rounds
 10 and 15).
