@@ -316,6 +316,12 @@ class _PadFeatures(keras.layers.Layer):
         return {**super().get_config(), "amount": self.amount}
 
 
+def _simple_dense(layer):
+    """Whether `layer` is a Dense layer with only a 2-D kernel (and bias), called once: what `_pad_dense_inputs` rebuilds."""
+    return (isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2
+            and len(layer.get_weights()) == (2 if layer.use_bias else 1) and len(layer._inbound_nodes) == 1)
+
+
 def _widenable_producer(layer, model_outputs):
     """The Dense layer whose output only `layer` reads (and no model returns), or `None`.
 
@@ -324,8 +330,7 @@ def _widenable_producer(layer, model_outputs):
     """
     parents = layer._inbound_nodes[0].parent_nodes
     producer = parents[0].operation if len(parents) == 1 else None
-    if not (isinstance(producer, keras.layers.Dense) and len(producer.kernel.shape) == 2
-            and len(producer._inbound_nodes) == 1 and len(producer._outbound_nodes) == 1
+    if not (_simple_dense(producer) and len(producer._outbound_nodes) == 1
             and id(producer.output) not in model_outputs):
         return None
     return producer
@@ -359,9 +364,7 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
     targets, widened = {}, {}  # id(layer) -> (name, inputs, padded inputs); id(producer) -> (name, units, widened)
     model_outputs = {id(output) for model in _models(plain) for output in model.outputs}
     for prefix, layer in masking.walk_layers(plain):
-        if not (isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2
-                and len(layer.get_weights()) == (2 if layer.use_bias else 1) and len(layer._inbound_nodes) == 1
-                and len(layer.input.shape) == 2):
+        if not (_simple_dense(layer) and len(layer.input.shape) == 2):
             continue
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         if kernel.shape[0] % width and not np.all(kernel) and _in_blocks(kernel, width):
