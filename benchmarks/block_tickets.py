@@ -14,13 +14,14 @@ in one process:
    networks are pruned and retrained, not rewound tickets, so no reinit control is run.
 3. TFLite files (`tf_lottery.export.export_tflite`, sparse storage): of every ticket a float, a dynamic-range and a
    full int8 file, and the dense float file of round 0 of the unstructured search, the baseline. The file
-   `quantize="fastest"` picks (`export.FASTEST_QUANTIZE`) is marked. A latency reference per ticket: the same
+   `quantize="fastest"` picks (`export.FASTEST_QUANTIZE`) is marked. A latency reference per ticket: its fastest
    quantization of round 0's dense network under a random mask of the ticket's blocks and layer densities
-   (`pruning.random_masks_like`), which runs the same kernels on as many blocks as the ticket does. Each file's test accuracy (LiteRT), bytes,
-   block-sparse check (`export_report.json`), and median latency: LiteRT interpreter, batch 1, one thread, built-in
-   kernels without the default XNNPACK delegate (`export.load_interpreter`), all files of a dataset timed in
-   --latency_rounds rounds (order reversed every other round) of --latency_runs invocations after a warm-up,
-   so load drifts hit every file alike. Bytes and latency are ratios to the dense float file.
+   (`pruning.random_masks_like`), which runs the same kernels on as many blocks as the ticket does. Each file's
+   test accuracy (LiteRT), bytes, block-sparse check (`export_report.json`), and median latency: LiteRT
+   interpreter, batch 1, one thread, built-in kernels without the default XNNPACK delegate
+   (`export.load_interpreter`), all files of a dataset timed in --latency_rounds rounds (order reversed every other
+   round) of --latency_runs invocations after a warm-up, so load drifts hit every file alike. Bytes and latency
+   are ratios to the dense float file.
 
 Targets (issue 10), per dataset, at the density nearest 3.6%: the 1x16 int8 file runs at <= 0.25x the dense float
 file's latency, in <= 0.03x its bytes, and its test accuracy is within 1 point of the unstructured ticket's (Keras).
@@ -120,7 +121,8 @@ def _export(model, data, path, quantize, sparse=True):
         _log(f"{os.path.basename(path)}: {error}")
         return {"path": None, "parity_error": str(error)}
     outputs = export.run_tflite(export.load_interpreter(path), data.x_test)
-    return {"path": path, "density": entry["density"], "bytes": entry["bytes"], "test_accuracy": _accuracy(outputs, data.y_test),
+    return {"path": path, "density": entry["density"], "bytes": entry["bytes"],
+            "test_accuracy": _accuracy(outputs, data.y_test),
             "top1_agreement": entry["parity"]["top1_agreement"], "padded_inputs": entry["padded_inputs"],
             "block_sparse_check": entry["block_sparse_check"],
             "storage": {w["layer"] or w["tensor"]: w["storage"] + (" " + "x".join(map(str, w["block"]))

@@ -317,7 +317,7 @@ class _PadFeatures(keras.layers.Layer):
 
 
 def _simple_dense(layer):
-    """Whether `layer` is a Dense layer with only a 2-D kernel (and bias), called once: what `_pad_dense_inputs` rebuilds."""
+    """Whether `layer` is a Dense layer with only a 2-D kernel (and bias), called once: what padding rebuilds."""
     return (isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2
             and len(layer.get_weights()) == (2 if layer.use_bias else 1) and len(layer._inbound_nodes) == 1)
 
