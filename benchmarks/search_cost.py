@@ -19,7 +19,8 @@ data order) down to --target_density (default 5%):
   survivors keep their trained weights, so the result is a pruned and retrained
   network, not a ticket rewound to initialization.
 
-Per mode and dataset it reports wall time and training iterations (all rounds),
+Per mode and dataset it reports wall time (and each round's, which shows how
+the machine's speed moved during the run) and training iterations (all rounds),
 the final density and test accuracy (last round), and the ratios to full IMP
 (how many times cheaper) and the accuracy difference in points. Target (issue
 9): a mode at least 5x cheaper than full IMP in both iterations and wall time,
@@ -93,7 +94,8 @@ def _search(data, mode, settings, run_dir):
                           verbose=0).run()["rounds"]
     result = {"seconds": time.time() - started, "iterations": sum(r["iterations"] for r in rounds),
               "rounds": len(rounds), "density": rounds[-1]["density"], "test_accuracy": rounds[-1]["test_accuracy"],
-              "dense_round_iterations": rounds[0]["iterations"]}
+              "dense_round_iterations": rounds[0]["iterations"],
+              "round_seconds": [r["seconds"] for r in rounds]}
     if "early_bird" in rounds[0]:  # where the dense round stopped, and the mask distances that decided it
         result["early_bird"] = rounds[0]["early_bird"]
     return result

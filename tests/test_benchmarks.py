@@ -48,6 +48,7 @@ def test_search_cost_quick(tmp_path):
     assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate", "two_rounds", "two_rounds_lr"}
     for name, entry in modes.items():
         assert entry["seconds"] > 0 and entry["iterations"] > 0, name
+        assert len(entry["round_seconds"]) == entry["rounds"] and 0 < sum(entry["round_seconds"]) <= entry["seconds"]
         assert entry["density"] <= report["target_density"] + 0.01, name
         assert "digits: " + name in result.stderr
     distances = modes["early_bird"]["early_bird"]["distances"]
