@@ -158,6 +158,10 @@ class _BlockGrid:
         blocks = padded.reshape(self.grid[0], self.block[0], self.grid[1], self.block[1])
         return reducer(blocks, axis=(1, 3)).ravel()
 
+    def alive(self, mask):
+        """Flags, per weight or block, whether any of its weights survives in `mask`."""
+        return self.reduce(mask, np.nanmax) > 0
+
     def best_per_output(self, alive, ranked):
         """Flags, per output unit (last axis; column of blocks), its highest-ranked `alive` weight or block."""
         if len(self.shape) < 2:
@@ -192,7 +196,7 @@ def random_masks_like(masks, seed, block=None):
     for key in sorted(masks):
         mask = np.asarray(masks[key], np.float32)
         grid = _BlockGrid(mask.shape, block)
-        alive = grid.reduce(mask, np.nanmax) > 0
+        alive = grid.alive(mask)
         flat = np.zeros(alive.size, np.float32)
         flat[rng.choice(alive.size, size=int(alive.sum()), replace=False)] = 1
         result[key] = grid.expand(flat).astype(np.float32)
@@ -207,7 +211,7 @@ def _prune_together(keys, masks, scores, rate, block=None, output_layer=None):
     predicted again.
     """
     grids = [_BlockGrid(masks[key].shape, block) for key in keys]
-    alive_parts = [grid.reduce(masks[key], np.nanmax) > 0 for grid, key in zip(grids, keys)]
+    alive_parts = [grid.alive(masks[key]) for grid, key in zip(grids, keys)]
     ranked_parts = [grid.reduce(scores[key], np.nanmean) for grid, key in zip(grids, keys)]
     kept_parts = [grid.best_per_output(part, part_ranked) if masking.layer_of(key) == output_layer
                   else np.zeros_like(part)
