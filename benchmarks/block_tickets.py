@@ -56,7 +56,7 @@ from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tf_lottery import datasets, environment, export, masking, models, pruning, storage  # noqa: E402
-from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
+from tf_lottery.search import REWIND_MODES, SearchConfig, TicketSearch  # noqa: E402
 
 MODEL = "lenet300_100"
 STRUCTURES = {"unstructured": None, "1x4": "1x4", "1x16": "1x16"}
@@ -86,6 +86,17 @@ flags.DEFINE_string("output", None, "Also write the JSON to this file.")
 flags.DEFINE_bool("quick", False, f"Tiny settings for smoke tests: {QUICK}; overrides the flags it names.")
 flags.register_validator("datasets", lambda names: bool(names) and set(names) <= set(datasets.NAMES),
                          f"--datasets must be a non-empty subset of {list(datasets.NAMES)}.")
+
+
+def _valid_rewind(rewind):
+    try:
+        SearchConfig(rewind=rewind)
+    except ValueError:
+        return False
+    return True
+
+
+flags.register_validator("rewind", _valid_rewind, f"--rewind must be one of {REWIND_MODES} (K a whole number).")
 
 
 def _log(message):

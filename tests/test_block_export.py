@@ -222,3 +222,24 @@ def test_benchmark_quick_prints_and_writes_the_documented_figures(tmp_path):
                                                  "accuracy_drop_points"}
     assert len(report["summary"]) == 3 and all(("HELD" in line) != ("MISSED" in line) for line in report["summary"])
     assert "| digits | 100% | dense |" in result.stderr
+
+
+def test_benchmark_with_learning_rate_rewinding_has_no_reinit_control(tmp_path):
+    def run(*flags):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "block_tickets.py"), "--quick", *flags],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+    bad = run("--rewind=later")
+    assert bad.returncode != 0 and "--rewind must be one of" in bad.stderr
+    result = run("--rewind=lr")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["settings"]["rewind"] == "lr"
+    (ticket,) = report["datasets"][0]["tickets"].values()
+    for structure in ("unstructured", "1x4", "1x16"):
+        assert ticket[structure]["reinit_test_accuracy"] is None and ticket[structure]["reinit_density"] is None
+        assert 0 <= ticket[structure]["keras_test_accuracy"] <= 1
+    assert "reinit" not in " ".join(report["datasets"][0]["seconds"])  # No control was trained.
+    rows = [line.split("|") for line in result.stderr.splitlines() if line.startswith("| digits |")]
+    assert [row[5].strip() for row in rows if row[3].strip() == "1x16"] == ["-"] * 3  # The reinit column.
