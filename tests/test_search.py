@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -160,6 +161,21 @@ def test_rounds_to_target_reaches_the_target_in_that_many_equal_rounds(tmp_path)
     _assert_same(_round_arrays(tmp_path / "resumed", 2, "masks"), final)
 
 
+def test_interim_rounds_are_shorter_and_the_last_round_trains_in_full(tmp_path):
+    """The last round is found by `rounds` or by the density that reaches target_density."""
+    short = {"epochs": None, "iterations": 40, "interim_iterations": 10, "eval_every": 10, "output_prune_rate": None}
+    by_count = _search(tmp_path / "count", **short).run()
+    by_target = _search(tmp_path / "target", rounds=None, target_density=0.7, **short).run()
+    for history in (by_count, by_target):
+        assert [r["iterations"] for r in history["rounds"]] == [10, 10, 40]
+    # Killed during its last round, the search resumes to the same ticket.
+    finished = _round_arrays(tmp_path / "count", 2, "trained_weights")
+    shutil.rmtree(tmp_path / "count" / "round_002")
+    resumed = _search(tmp_path / "count", resume=True, **short).run()
+    assert resumed["rounds"][2]["iterations"] == 40
+    _assert_same(_round_arrays(tmp_path / "count", 2, "trained_weights"), finished)
+
+
 def test_target_density_stops_the_search(tmp_path):
     history = _search(tmp_path, rounds=None, target_density=0.7, output_prune_rate=None).run()
     assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.8, 0.64]
@@ -220,6 +236,9 @@ def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
     ({"rounds_to_target": 2}, "rounds_to_target needs target_density"),
     ({"rounds_to_target": 2, "target_density": 0.1, "one_shot": True}, "excludes one_shot and early_bird"),
     ({"rounds_to_target": 0, "target_density": 0.1}, "rounds_to_target must be a positive integer"),
+    ({"interim_iterations": 0}, "interim_iterations must be a positive integer"),
+    ({"interim_iterations": 30, "eval_every": 20}, r"interim_iterations \(30\) must be a multiple of eval_every"),
+    ({"interim_iterations": 5, "rewind": "step:10"}, "lies beyond round 0's interim_iterations"),
 ])
 def test_bad_configurations_fail_with_their_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -85,6 +85,10 @@ class SearchConfig:
     early_bird_patience: int = _field(5, "Consecutive stable evaluations that end an early-bird dense round.")
     epochs: int | None = _field(5, "Training epochs per round (exclusive with iterations).")
     iterations: int | None = _field(None, "Training iterations per round (exclusive with epochs).")
+    interim_iterations: int | None = _field(None, "Training iterations of every round before the last (round 0 "
+                                                  "too), which only have to find the masks; the last round trains "
+                                                  "for the full epochs/iterations. With rewind='lr': gradual "
+                                                  "pruning at the cost of a few dense trainings.")
     eval_every: int | None = _field(None, "Iterations between evaluations (default: one epoch, or 100).")
     batch_size: int = _field(60, "Training batch size.")
     optimizer: str = _field("adam", "Optimizer ('momentum': SGD with momentum 0.9).", OPTIMIZERS)
@@ -107,8 +111,8 @@ class SearchConfig:
                 raise ValueError(f"rewind must be one of {REWIND_MODES}; got {self.rewind!r}.") from None
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("Give exactly one of epochs or iterations per round.")
-        for name in ("rounds", "epochs", "iterations", "eval_every", "batch_size", "early_bird_patience",
-                     "rounds_to_target"):
+        for name in ("rounds", "epochs", "iterations", "interim_iterations", "eval_every", "batch_size",
+                     "early_bird_patience", "rounds_to_target"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
@@ -117,8 +121,14 @@ class SearchConfig:
         if self.rounds_to_target is not None and (self.target_density is None or self.prunes_once):
             raise ValueError("rounds_to_target needs target_density (the density its rounds reach) and excludes "
                              "one_shot and early_bird (which prune to it in one round).")
-        if self.iterations and self.eval_every and self.iterations % self.eval_every:
-            raise ValueError(f"iterations ({self.iterations}) must be a multiple of eval_every ({self.eval_every}).")
+        for name in ("iterations", "interim_iterations"):
+            value = getattr(self, name)
+            if value and self.eval_every and value % self.eval_every:
+                raise ValueError(f"{name} ({value}) must be a multiple of eval_every ({self.eval_every}).")
+        if self.interim_iterations and self.rewind.startswith("step:") and \
+                parse_rewind_point(self.rewind)[1] > self.interim_iterations:
+            raise ValueError(f"The rewind point {self.rewind} lies beyond round 0's interim_iterations "
+                             f"({self.interim_iterations}): rewind earlier or make the interim rounds longer.")
         if self.early_bird is not None and not 0 < self.early_bird <= 1:
             raise ValueError(f"early_bird must be a mask distance in (0, 1], e.g. 0.1; got {self.early_bird!r}.")
         if not self.learning_rate > 0:
@@ -327,8 +337,18 @@ class TicketSearch:
         return self.config.rounds if self.config.rounds is not None else sys.maxsize
 
     def _reached_target(self, history):
-        target = self.config.target_density
-        return bool(history["rounds"]) and target is not None and history["rounds"][-1]["density"] <= target + 1e-9
+        return bool(history["rounds"]) and self._at_target(history["rounds"][-1]["density"])
+
+    def _at_target(self, density):
+        return self.config.target_density is not None and density <= self.config.target_density + 1e-9
+
+    def _round_iterations(self, index, steps_per_epoch):
+        """The training length of round `index` (whose masks are set): interim, unless it is the last round."""
+        config = self.config
+        last = index == self._last_round() or self._at_target(masking.sparsity_report(self.model)["density"])
+        if config.interim_iterations and not last:
+            return config.interim_iterations
+        return config.iterations or config.epochs * steps_per_epoch
 
     def _load_replay(self):
         if not self.replay_masks_from:
@@ -417,8 +437,8 @@ class TicketSearch:
         self._reseed(round_seed(config.seed, index))
         masks = masking.get_masks(self.model)
         steps_per_epoch = -(-len(self.data.x_train) // config.batch_size)
-        total = config.iterations or config.epochs * steps_per_epoch
-        period = config.eval_every or (steps_per_epoch if config.epochs else
+        total = self._round_iterations(index, steps_per_epoch)
+        period = config.eval_every or (steps_per_epoch if total % steps_per_epoch == 0 and config.epochs else
                                        (100 if total % 100 == 0 else total))
         if total % period:
             raise ValueError(f"The round's {total} iterations are not a multiple of eval_every ({period}).")
