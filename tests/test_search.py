@@ -108,6 +108,7 @@ def test_every_rewinding_mode_runs(rewind, tmp_path):
     masks = _round_arrays(tmp_path, 1, "masks")["fc1/kernel"]
     kernel = next(path for path in initial if path.endswith("fc1/kernel"))
     start = _round_arrays(tmp_path, 1, "rewind_weights")[kernel]
+    assert not np.array_equal(_round_arrays(tmp_path, 1, "trained_weights")[kernel], start)  # Round 1 trains.
     if rewind in ("lr", "finetune"):
         np.testing.assert_array_equal(start, trained[kernel] * masks)
     else:  # Late rewinding: to the weights captured during round 0, neither initial nor trained.

@@ -40,6 +40,8 @@ REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
 CONTROLS = ("reinit", "random_mask")
 OPTIMIZERS = ("adam", "sgd", "momentum")
 LR_SCHEDULES = ("constant", "cosine")
+#: The cosine schedule ends at this fraction of the initial learning rate, where `finetune` rounds continue.
+COSINE_FLOOR = 0.01
 
 
 # The arrays of a round's state and their files in its folder.
@@ -93,7 +95,8 @@ class SearchConfig:
     batch_size: int = _field(60, "Training batch size.")
     optimizer: str = _field("adam", "Optimizer ('momentum': SGD with momentum 0.9).", OPTIMIZERS)
     learning_rate: float = _field(1.2e-3, "Initial learning rate.")
-    lr_schedule: str = _field("constant", "Learning-rate schedule within a round.", LR_SCHEDULES)
+    lr_schedule: str = _field("constant", f"Learning-rate schedule within a round (cosine: down to "
+                                          f"{COSINE_FLOOR:g} of learning_rate).", LR_SCHEDULES)
     seed: int = _field(0, "One seed for initialization, data order, dropout and random masks.")
     jit_compile: bool = _field(False, "Compile the train step with XLA (the path TPUs take).")
 
@@ -515,9 +518,10 @@ class TicketSearch:
         config = self.config
         schedule = config.learning_rate
         if config.lr_schedule == "cosine":
-            schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total)
+            schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total,
+                                                              alpha=COSINE_FLOOR)
             if config.rewind == "finetune" and index > 0:
-                schedule = float(schedule(total))  # Continue at the final learning rate.
+                schedule = config.learning_rate * COSINE_FLOOR  # Continue at the final learning rate.
         if config.optimizer == "adam":
             return keras.optimizers.Adam(schedule)
         return keras.optimizers.SGD(schedule, momentum=0.9 if config.optimizer == "momentum" else 0.0)
