@@ -45,9 +45,10 @@ def test_search_cost_quick(tmp_path):
     report = json.loads(output.read_text())
     assert json.loads(result.stdout) == report
     modes = report["datasets"]["digits"]["modes"]
-    assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate", "two_rounds", "two_rounds_lr"}
+    assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate", "two_rounds", "two_rounds_lr",
+                          "gradual_lr"}
     for name, entry in modes.items():
-        assert entry["seconds"] > 0 and entry["iterations"] > 0, name
+        assert entry["seconds"] > 0 and entry["cpu_seconds"] > 0 and entry["iterations"] > 0, name
         assert len(entry["round_seconds"]) == entry["rounds"] and 0 < sum(entry["round_seconds"]) <= entry["seconds"]
         assert entry["density"] <= report["target_density"] + 0.01, name
         assert "digits: " + name in result.stderr
@@ -61,6 +62,9 @@ def test_search_cost_quick(tmp_path):
     assert modes["early_bird"]["dense_round_iterations"] <= modes["one_shot"]["dense_round_iterations"]
     for name in ("two_rounds", "two_rounds_lr"):  # Dense round and two pruning rounds, to IMP's density.
         assert modes[name]["rounds"] == 3 and modes[name]["density"] == pytest.approx(modes["imp"]["density"], abs=0.01)
+    # Gradual: four short rounds (12 of 40 iterations) find the masks, the fifth trains the last one in full.
+    assert modes["gradual_lr"]["rounds"] == 5 and modes["gradual_lr"]["iterations"] == 4 * 12 + 40
+    assert modes["gradual_lr"]["density"] == pytest.approx(modes["imp"]["density"], abs=0.01)
 
 
 def test_search_cost_runs_the_modes_asked_for_beside_imp(tmp_path):
