@@ -31,7 +31,7 @@ the final density and test accuracy (last round), and the ratios to full IMP
 within 0.5 points of its test accuracy.
 
 Reduced from the paper (50,000 iterations per round on all of MNIST) so that
-the default run takes 15 to 20 minutes on a 2-core CPU: 1,200 iterations per
+the default run takes about 20 minutes on a 2-core CPU: 1,200 iterations per
 round on the 3,500 training images of the MNIST subset (about 20 epochs) and
 3,600 on Fashion-MNIST's 55,000 (about 4 epochs), evaluated every 60 / 360
 iterations (the early-bird checks). Run from the repository root:
