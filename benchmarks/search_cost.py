@@ -18,13 +18,13 @@ data order) down to --target_density (default 5%):
 * `two_rounds_lr`: the same with learning-rate rewinding (`rewind="lr"`): the
   survivors keep their trained weights, so the result is a pruned and retrained
   network, not a ticket rewound to initialization;
-* `gradual_lr`: gradual pruning: four pruning rounds with learning-rate
-  rewinding, every round but the last 3/10 as long (`interim_iterations`), as
-  they only have to find the masks; the last trains the final mask in full.
+* `gradual_lr`: gradual pruning in four rounds with learning-rate rewinding,
+  every round but the last 3/10 as long (`interim_iterations`), as they only
+  have to find the masks; the last trains the final mask in full.
 
 Per mode and dataset it reports wall time (and each round's, which shows how
-the machine's speed moved during the run), the process's CPU time (less
-sensitive to other load on a shared machine), training iterations (all rounds),
+the machine's speed moved during the run), the process's CPU time (which leaves
+out time spent waiting for the CPU), training iterations (all rounds),
 the final density and test accuracy (last round), and the ratios to full IMP
 (how many times cheaper) and the accuracy difference in points. Target (issue
 9): a mode at least 5x cheaper than full IMP in both iterations and wall time,
@@ -99,10 +99,10 @@ def _search(data, mode, settings, run_dir):
     started, cpu_started = time.time(), time.process_time()
     rounds = TicketSearch(lambda: models.get(MODEL)(data.input_shape, data.num_classes), data, config, run_dir,
                           verbose=0).run()["rounds"]
-    result = {"seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started, "iterations": sum(r["iterations"] for r in rounds),
-              "rounds": len(rounds), "density": rounds[-1]["density"], "test_accuracy": rounds[-1]["test_accuracy"],
-              "dense_round_iterations": rounds[0]["iterations"],
-              "round_seconds": [r["seconds"] for r in rounds]}
+    result = {"seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started,
+              "iterations": sum(r["iterations"] for r in rounds), "rounds": len(rounds),
+              "density": rounds[-1]["density"], "test_accuracy": rounds[-1]["test_accuracy"],
+              "dense_round_iterations": rounds[0]["iterations"], "round_seconds": [r["seconds"] for r in rounds]}
     if "early_bird" in rounds[0]:  # where the dense round stopped, and the mask distances that decided it
         result["early_bird"] = rounds[0]["early_bird"]
     return result
