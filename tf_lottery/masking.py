@@ -358,6 +358,11 @@ def set_weight_values(model, values):
     apply_masks(model)
 
 
+def density(masks):
+    """The fraction of weights that survive in a `{key: mask}` dict, over all of its masks."""
+    return sum(float(mask.sum()) for mask in masks.values()) / sum(mask.size for mask in masks.values())
+
+
 def sparsity_report(model):
     """Per-weight and global density of the masked weights of a wrapped model.
 

@@ -345,13 +345,13 @@ class TicketSearch:
     def _at_target(self, density):
         return self.config.target_density is not None and density <= self.config.target_density + 1e-9
 
-    def _round_iterations(self, index, steps_per_epoch):
-        """The training length of round `index` (whose masks are set): interim, unless it is the last round."""
+    def _round_iterations(self, index, masks, steps_per_epoch):
+        """The training length of round `index`, which trains with `masks`: interim, unless it is the last round."""
         config = self.config
-        last = index == self._last_round() or self._at_target(masking.sparsity_report(self.model)["density"])
-        if config.interim_iterations and not last:
-            return config.interim_iterations
-        return config.iterations or config.epochs * steps_per_epoch
+        full = config.iterations or config.epochs * steps_per_epoch
+        if not config.interim_iterations or index == self._last_round() or self._at_target(masking.density(masks)):
+            return full
+        return config.interim_iterations
 
     def _load_replay(self):
         if not self.replay_masks_from:
@@ -440,7 +440,7 @@ class TicketSearch:
         self._reseed(round_seed(config.seed, index))
         masks = masking.get_masks(self.model)
         steps_per_epoch = -(-len(self.data.x_train) // config.batch_size)
-        total = self._round_iterations(index, steps_per_epoch)
+        total = self._round_iterations(index, masks, steps_per_epoch)
         period = config.eval_every or (steps_per_epoch if total % steps_per_epoch == 0 and config.epochs else
                                        (100 if total % 100 == 0 else total))
         if total % period:
@@ -619,8 +619,7 @@ def compounded_plan(plan, masks, output_layer, rounds=None, steps=1):
     if rounds is None:
         rounds, simulated = 0, masks
         ones = {key: np.ones_like(mask) for key, mask in masks.items()}
-        while sum(m.sum() for m in simulated.values()) / sum(m.size for m in simulated.values()) > \
-                plan.target_density + 1e-9:
+        while masking.density(simulated) > plan.target_density + 1e-9:
             simulated = plan.prune(simulated, ones, output_layer=output_layer)
             rounds += 1
     layer_rates = {}
