@@ -225,3 +225,44 @@ def test_early_bird_rejects_bad_settings():
         tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(), threshold=0)
     with pytest.raises(ValueError, match="patience must be a positive integer"):
         tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(), patience=0)
+
+
+def test_gradual_pruning_follows_the_cubic_schedule_and_keeps_the_largest_weights():
+    model = _wrapped()
+    model.compile(optimizer=keras.optimizers.SGD(0.0),  # The weights stay put: magnitude ranks the initial ones.
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    initial = masking.get_prunable_weights(model)
+    final_masks = {"hidden/kernel": np.zeros((6, 8), np.float32), "output/kernel": np.zeros((8, 3), np.float32)}
+    final_masks["hidden/kernel"].flat[:6] = 1
+    final_masks["output/kernel"].flat[:9] = 1
+    gradual = tf_lottery.GradualPruning(final_masks, iterations=10, every=3)
+    x, y = _data()
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[gradual])
+
+    def kept(step):  # Zhu & Gupta: n_end + (n_start - n_end) (1 - t / iterations)^3, per weight.
+        return round(6 + 42 * (1 - step / 10) ** 3) + round(9 + 15 * (1 - step / 10) ** 3)
+
+    assert [step for step, _ in gradual.steps] == [3, 6, 9, 10]
+    assert [density for _, density in gradual.steps] == pytest.approx([kept(step) / 72 for step in (3, 6, 9, 10)])
+    masks = masking.get_masks(model)
+    assert masks["hidden/kernel"].sum() == 6 and masks["output/kernel"].sum() == 9
+    magnitudes = np.abs(initial["hidden/kernel"]).ravel()
+    np.testing.assert_array_equal(np.flatnonzero(masks["hidden/kernel"]), np.sort(np.argsort(-magnitudes)[:6]))
+    for key, weight in masking.get_prunable_weights(model).items():
+        assert not weight[masks[key] == 0].any(), key
+
+
+def test_gradual_pruning_rejects_what_it_cannot_reach():
+    model = _wrapped()
+    masks = masking.get_masks(model)
+    with pytest.raises(ValueError, match="every must be a positive integer"):
+        tf_lottery.GradualPruning(masks, iterations=10, every=0)
+    x, y = _data()
+    with pytest.raises(ValueError, match="needs at least that long a training run"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[tf_lottery.GradualPruning(masks, 20)])
+    pruned = {key: np.zeros_like(mask) for key, mask in masks.items()}
+    for mask in pruned.values():
+        mask.flat[:3] = 1
+    tf_lottery.set_masks(model, pruned)
+    with pytest.raises(ValueError, match="cannot revive weights"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[tf_lottery.GradualPruning(masks, 5)])

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lottery
-from tf_lottery import datasets, masking, models, storage
+from tf_lottery import datasets, masking, models, pruning, storage
 from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, read_run_config
 
 DATA = datasets.load("digits", seed=0)
@@ -177,6 +177,29 @@ def test_interim_rounds_are_shorter_and_the_last_round_trains_in_full(tmp_path):
     _assert_same(_round_arrays(tmp_path / "count", 2, "trained_weights"), finished)
 
 
+def test_gradual_pruning_reaches_the_plans_survivors_during_the_round_and_resumes_exactly(tmp_path):
+    """A dense round of 10 iterations, then one of 40 that prunes to one-shot's survivors over its first 20."""
+    gradual = {"epochs": None, "iterations": 40, "interim_iterations": 10, "eval_every": 10, "rounds": None,
+               "target_density": 0.3, "rounds_to_target": 1, "rewind": "lr", "gradual_iterations": 20,
+               "gradual_every": 5}
+    history = _search(tmp_path / "gradual", **gradual).run()
+    _search(tmp_path / "one_shot", **{**gradual, "gradual_iterations": None}).run()
+    assert [r["iterations"] for r in history["rounds"]] == [10, 40]
+    steps = history["rounds"][1]["gradual_pruning"]
+    assert [step for step, _ in steps] == [5, 10, 15, 20]
+    densities = [density for _, density in steps]
+    assert densities == sorted(densities, reverse=True) and densities[-1] == history["rounds"][1]["density"]
+    masks, one_shot = (_round_arrays(tmp_path / name, 1, "masks") for name in ("gradual", "one_shot"))
+    assert pruning.count_survivors(masks) == pruning.count_survivors(one_shot)
+    assert any((masks[key] != one_shot[key]).any() for key in masks)  # Chosen as the weights trained.
+    trained = _round_arrays(tmp_path / "gradual", 1, "trained_weights")
+    # Killed during its gradual round, the search resumes to the same masks and weights.
+    shutil.rmtree(tmp_path / "gradual" / "round_001")
+    _search(tmp_path / "gradual", resume=True, **gradual).run()
+    _assert_same(_round_arrays(tmp_path / "gradual", 1, "masks"), masks)
+    _assert_same(_round_arrays(tmp_path / "gradual", 1, "trained_weights"), trained)
+
+
 def test_target_density_stops_the_search(tmp_path):
     history = _search(tmp_path, rounds=None, target_density=0.7, output_prune_rate=None).run()
     assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.8, 0.64]
@@ -240,6 +263,9 @@ def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
     ({"interim_iterations": 0}, "interim_iterations must be a positive integer"),
     ({"interim_iterations": 30, "eval_every": 20}, r"interim_iterations \(30\) must be a multiple of eval_every"),
     ({"interim_iterations": 5, "rewind": "step:10"}, "lies beyond round 0's interim_iterations"),
+    ({"epochs": None, "iterations": 40, "gradual_iterations": 50}, r"gradual_iterations \(50\) exceeds a round's"),
+    ({"gradual_iterations": 10, "control": "reinit"}, "cannot prune gradually"),
+    ({"gradual_every": 0}, "gradual_every must be a positive integer"),
 ])
 def test_bad_configurations_fail_with_their_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -304,10 +330,11 @@ def test_early_bird_ends_the_dense_round_early_and_prunes_to_the_target(tmp_path
                                                                  output_layer="output"))
 
 
-def test_early_bird_excludes_replayed_masks(ticket_run, tmp_path):
+def test_early_bird_and_gradual_pruning_exclude_replayed_masks(ticket_run, tmp_path):
     run_dir, _ = ticket_run
-    with pytest.raises(ValueError, match="one_shot, early_bird and rounds_to_target exclude replay_masks_from"):
-        _search(tmp_path, early_bird=0.1, replay_masks_from=str(run_dir))
+    for setting in ({"early_bird": 0.1}, {"gradual_iterations": 5}):
+        with pytest.raises(ValueError, match="early_bird, rounds_to_target and gradual_iterations exclude"):
+            _search(tmp_path, replay_masks_from=str(run_dir), **setting)
 
 
 def test_movement_rate_prunes_by_the_saved_statistics_and_resumes_exactly(tmp_path):

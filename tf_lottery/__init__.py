@@ -13,7 +13,7 @@ rewind the survivors and strip the wrappers:
 """
 
 from tf_lottery import criteria
-from tf_lottery.callbacks import EarlyBirdStopping, LotteryCallback, MovementTracker
+from tf_lottery.callbacks import EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker
 from tf_lottery.masking import (
     Masked,
     apply_masks,
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EarlyBirdStopping",
+    "GradualPruning",
     "LotteryCallback",
     "Masked",
     "MovementTracker",

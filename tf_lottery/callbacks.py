@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, masking
+from tf_lottery import criteria, masking, pruning
 
 UNITS = ("step", "epoch")
 
@@ -213,3 +213,87 @@ class EarlyBirdStopping(keras.callbacks.Callback):
         if len(recent) == self.patience and max(recent) < self.threshold:
             self.stopped_at = iteration
             self.model.stop_training = True
+
+
+class GradualPruning(keras.callbacks.Callback):
+    """Prunes a wrapped model step by step while it trains (gradual magnitude pruning, Zhu & Gupta, 2017).
+
+    Starting from the masks the model has when training begins, it prunes every
+    `every` steps until step `iterations`, after which training goes on with
+    the final masks. The number of weights each mask keeps follows Zhu &
+    Gupta's cubic schedule, fast at first and slower as the network thins:
+
+        n(t) = n_end + (n_start - n_end) * (1 - t / iterations) ** 3
+
+    where `n_end` is the number `final_masks` keep. Only that number is taken
+    from them: at each step, `criterion` scores the current weights (against
+    the weights training began with) and the lowest-scoring survivors go.
+
+    Args:
+        final_masks: `{mask key: 0/1 array}` whose number of survivors per key
+            (of weights, or of blocks) training ends with, e.g. the masks a
+            `PruningPlan` draws.
+        iterations: optimizer steps, from the start of training, over which to
+            prune.
+        every: steps between pruning steps (the last is at `iterations`).
+        criterion: a criterion callable (see `tf_lottery.criteria`).
+        block: `None`, or `(rows, cols)` as in `PruningPlan.block`.
+        statistics: `None`, or a callable returning the criterion's
+            statistics, e.g. `tracker.statistics` of a `MovementTracker` listed
+            before this callback.
+
+    Attributes:
+        steps: `[(iteration, density)]`, one per pruning step.
+    """
+
+    def __init__(self, final_masks, iterations, every=100, criterion=criteria.magnitude, block=None, statistics=None):
+        super().__init__()
+        for name, value in (("iterations", iterations), ("every", every)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        self.final_masks, self.iterations, self.every = final_masks, iterations, every
+        self.criterion, self.block, self.statistics = criterion, block, statistics
+
+    def on_train_begin(self, logs=None):
+        masks = masking.get_masks(self.model)
+        self._start = pruning.count_survivors(masks, self.block)
+        self._end = pruning.count_survivors(self.final_masks, self.block)
+        if set(self._end) != set(self._start):
+            raise ValueError(f"final_masks are for {sorted(self._end)}, but the model's masks are for "
+                             f"{sorted(self._start)}.")
+        grown = sorted(key for key in self._end if self._end[key] > self._start[key])
+        if grown:
+            raise ValueError(f"final_masks keep more weights than the model has left in {grown}: pruning "
+                             "cannot revive weights. Draw them from the model's current masks.")
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if steps and epochs and steps * epochs < self.iterations:
+            raise ValueError(f"Gradual pruning over {self.iterations} steps needs at least that long a training "
+                             f"run; this one has {steps * epochs}. Train longer, or prune over fewer steps.")
+        self._initial = masking.get_prunable_weights(self.model)
+        self._first_step = int(self.model.optimizer.iterations.numpy())
+        self._pruned_at, self.steps = 0, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._pruned_at == self.iterations:
+            return
+        step = int(self.model.optimizer.iterations.numpy()) - self._first_step
+        due = self.iterations if step >= self.iterations else step - step % self.every
+        if due > self._pruned_at:
+            self._prune(due)
+
+    def on_train_end(self, logs=None):
+        if self._pruned_at < self.iterations:
+            raise ValueError(f"Training ended before gradual pruning reached its final masks at step "
+                             f"{self.iterations} (last pruned at step {self._pruned_at}). Train longer, or prune "
+                             "over fewer steps.")
+
+    def _prune(self, step):
+        remaining = (1 - step / self.iterations) ** 3
+        counts = {key: round(end + (self._start[key] - end) * remaining) for key, end in self._end.items()}
+        statistics = self.statistics() if self.statistics else None
+        scores = criteria.score(self.criterion, masking.get_prunable_weights(self.model), self._initial, statistics)
+        output_layer = list(masking.masked_layers(self.model))[-1]
+        masks = pruning.prune_to_counts(masking.get_masks(self.model), scores, counts, self.block, output_layer)
+        masking.set_masks(self.model, masks)
+        self._pruned_at = step
+        self.steps.append((step, masking.density(masks)))

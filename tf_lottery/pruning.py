@@ -203,6 +203,26 @@ def random_masks_like(masks, seed, block=None):
     return result
 
 
+def count_survivors(masks, block=None):
+    """`{mask key: number of surviving weights}`, or of surviving blocks (as in `PruningPlan.block`)."""
+    return {key: int(_BlockGrid(np.shape(mask), block).alive(mask).sum()) for key, mask in masks.items()}
+
+
+def prune_to_counts(masks, scores, counts, block=None, output_layer=None):
+    """Removes the lowest-scoring survivors of each mask until `counts[key]` weights (or blocks) are left.
+
+    Keys missing from `counts`, or already at or below their count, are left as
+    they are. Like `PruningPlan.prune`, each output unit of `output_layer` keeps
+    its best weight (or block). Returns new masks.
+    """
+    new_masks = {key: np.asarray(mask, np.float32).copy() for key, mask in masks.items()}
+    alive = count_survivors(masks, block)
+    for key, count in counts.items():
+        if count < alive[key]:
+            _prune_together([key], new_masks, scores, (alive[key] - count) / alive[key], block, output_layer)
+    return new_masks
+
+
 def _prune_together(keys, masks, scores, rate, block=None, output_layer=None):
     """Removes `rate` of the surviving weights (or blocks) of `keys`, ranked together, in place.
 

@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lottery import criteria, distribute, environment, masking, storage
-from tf_lottery.callbacks import UNITS, EarlyBirdStopping, LotteryCallback, MovementTracker, parse_rewind_point
+from tf_lottery.callbacks import (UNITS, EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker,
+                                  parse_rewind_point)
 from tf_lottery.pruning import SCOPES, PruningPlan, parse_block, random_masks_like
 
 REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
@@ -91,6 +92,13 @@ class SearchConfig:
                                                   "too), which only have to find the masks; the last round trains "
                                                   "for the full epochs/iterations. With rewind='lr': gradual "
                                                   "pruning at the cost of a few dense trainings.")
+    gradual_iterations: int | None = _field(None, "Prune every round after round 0 gradually, over its first this "
+                                                  "many iterations (Zhu & Gupta's cubic schedule, see "
+                                                  "GradualPruning): from the previous round's masks to as many "
+                                                  "survivors as the plan keeps, chosen by the criterion as the "
+                                                  "weights train. With rewind='lr' and rounds_to_target=1: gradual "
+                                                  "magnitude pruning after a dense round.")
+    gradual_every: int = _field(100, "Iterations between the pruning steps of gradual_iterations.")
     eval_every: int | None = _field(None, "Iterations between evaluations (default: one epoch, or 100).")
     batch_size: int = _field(60, "Training batch size.")
     optimizer: str = _field("adam", "Optimizer ('momentum': SGD with momentum 0.9).", OPTIMIZERS)
@@ -114,8 +122,8 @@ class SearchConfig:
                 raise ValueError(f"rewind must be one of {REWIND_MODES}; got {self.rewind!r}.") from None
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("Give exactly one of epochs or iterations per round.")
-        for name in ("rounds", "epochs", "iterations", "interim_iterations", "eval_every", "batch_size",
-                     "early_bird_patience", "rounds_to_target"):
+        for name in ("rounds", "epochs", "iterations", "interim_iterations", "gradual_iterations", "gradual_every",
+                     "eval_every", "batch_size", "early_bird_patience", "rounds_to_target"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
@@ -132,6 +140,12 @@ class SearchConfig:
                 parse_rewind_point(self.rewind)[1] > self.interim_iterations:
             raise ValueError(f"The rewind point {self.rewind} lies beyond round 0's interim_iterations "
                              f"({self.interim_iterations}): rewind earlier or make the interim rounds longer.")
+        if self.gradual_iterations and self.iterations and self.gradual_iterations > self.iterations:
+            raise ValueError(f"gradual_iterations ({self.gradual_iterations}) exceeds a round's iterations "
+                             f"({self.iterations}): prune over fewer iterations, or train longer.")
+        if self.gradual_iterations and self.control:
+            raise ValueError("A control trains given masks from the start of every round, so it cannot prune "
+                             "gradually: run it without gradual_iterations.")
         if self.early_bird is not None and not 0 < self.early_bird <= 1:
             raise ValueError(f"early_bird must be a mask distance in (0, 1], e.g. 0.1; got {self.early_bird!r}.")
         if not self.learning_rate > 0:
@@ -207,9 +221,9 @@ class TicketSearch:
                  overwrite=False, verbose=1, tensorboard=False, wrap_kwargs=None, strategy=None):
         if resume and overwrite:
             raise ValueError("Choose resume or overwrite, not both.")
-        if (config.prunes_once or config.rounds_to_target) and replay_masks_from:
-            raise ValueError("one_shot, early_bird and rounds_to_target exclude replay_masks_from: a replay takes "
-                             "its densities from the replayed run.")
+        if (config.prunes_once or config.rounds_to_target or config.gradual_iterations) and replay_masks_from:
+            raise ValueError("one_shot, early_bird, rounds_to_target and gradual_iterations exclude "
+                             "replay_masks_from: a replay trains the replayed run's masks.")
         self.build_model, self.data, self.config = build_model, data, config
         self.run_dir, self.replay_masks_from = run_dir, replay_masks_from
         self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
@@ -244,8 +258,9 @@ class TicketSearch:
         if index:
             self._log(f"Resuming {self.run_dir} after round {index - 1}.")
         while index <= self._last_round() and not self._reached_target(history):
-            self._start_round(index, self._masks_for(index))
-            history["rounds"].append(self._train_round(index))
+            masks = self._masks_for(index)
+            self._start_round(index, masks)
+            history["rounds"].append(self._train_round(index, masks))
             history["best_round"] = best_round(history["rounds"])
             storage.write_json(self._path("history.json", self.write_dir), history)
             index += 1
@@ -430,15 +445,19 @@ class TicketSearch:
         if index == 0:
             self._rewind_point, self._first_masks = state["rewind"], state["masks"]
 
+    def _prunes_gradually(self, index):
+        return bool(self.config.gradual_iterations) and index > 0
+
     def _start_round(self, index, masks):
+        """Sets the weights and masks round `index` starts with: `masks`, or the last round's if it prunes gradually."""
         weights = self._start_weights(index)
-        masking.set_masks(self.model, masks)
+        masking.set_masks(self.model, self._round_state["masks"] if self._prunes_gradually(index) else masks)
         masking.set_weight_values(self.model, weights)
 
-    def _train_round(self, index):
+    def _train_round(self, index, masks):
+        """Trains round `index`, which ends with `masks`; saves and returns its metrics."""
         config, started = self.config, time.time()
         self._reseed(round_seed(config.seed, index))
-        masks = masking.get_masks(self.model)
         steps_per_epoch = -(-len(self.data.x_train) // config.batch_size)
         total = self._round_iterations(index, masks, steps_per_epoch)
         period = config.eval_every or (steps_per_epoch if total % steps_per_epoch == 0 and config.epochs else
@@ -449,14 +468,22 @@ class TicketSearch:
         lottery = LotteryCallback(config.rewind if late_rewinding else 0)
         evaluator = _Evaluator(self.data, self._evaluate)
         callbacks = [lottery, evaluator]
-        tracker = early_bird = None
+        tracker = early_bird = gradual = None
         if "statistics" in self._state_names():
             tracker = MovementTracker(config.movement_every)
             callbacks.insert(1, tracker)
+        statistics = tracker.statistics if tracker else None
         if config.early_bird is not None and index == 0:
             early_bird = EarlyBirdStopping(self._one_shot_plan(masks), self.criterion, config.early_bird,
-                                           config.early_bird_patience, tracker.statistics if tracker else None)
+                                           config.early_bird_patience, statistics)
             callbacks.append(early_bird)
+        if self._prunes_gradually(index):
+            if total < config.gradual_iterations:
+                raise ValueError(f"Round {index} trains {total} iterations, fewer than gradual_iterations "
+                                 f"({config.gradual_iterations}): prune over fewer iterations, or train longer.")
+            gradual = GradualPruning(masks, config.gradual_iterations, config.gradual_every, self.criterion,
+                                     self.plan.block, statistics)
+            callbacks.insert(-1, gradual)
         with self.strategy.scope():
             self.model.compile(optimizer=self._optimizer(index, total), metrics=["accuracy"],
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -473,7 +500,9 @@ class TicketSearch:
         metrics = self._metrics(index, evaluator.curve, train, time.time() - started)
         if early_bird:
             metrics["early_bird"] = {"stopped_at": early_bird.stopped_at, "distances": early_bird.distances}
-        state = {"masks": masks, "rewind": lottery.rewind_weights, "trained": trained}
+        if gradual:
+            metrics["gradual_pruning"] = gradual.steps
+        state = {"masks": masking.get_masks(self.model), "rewind": lottery.rewind_weights, "trained": trained}
         if tracker:
             state["statistics"] = tracker.statistics()
         self._keep_state(index, state)
