@@ -9,7 +9,7 @@ data order) down to --target_density (default 5%):
   density changes by less than 10% of its weights in 5 evaluations in a row
   (You et al., 2020), then one round prunes to the target;
 * `imp_short`: the same iterative pruning with a fifth of the iterations in
-  every round (`SHORT_ROUNDS`);
+  every round (`ROUND_FRACTIONS`);
 * `one_shot`: a full dense round, then one round pruned to the target;
 * `movement_rate`: one-shot, scored by the change-based criterion (per-step
   accumulated |dw|; the slowest-changing weights are pruned) instead of magnitude;
@@ -21,6 +21,11 @@ data order) down to --target_density (default 5%):
 * `gradual_lr`: gradual pruning in four rounds with learning-rate rewinding,
   every round but the last 3/10 as long (`interim_iterations`), as they only
   have to find the masks; the last trains the final mask in full.
+* `gmp`: gradual magnitude pruning within one round (Zhu & Gupta, 2017): a
+  dense round a tenth as long, then one round 2.5 times as long that keeps
+  training the dense weights (`rewind="lr"`) while it prunes them to the
+  target, every 1/30 of a round over its first 5/6 of a round
+  (`gradual_iterations`, `gradual_every`), and trains the final mask after.
 
 Per mode and dataset it reports wall time (and each round's, which shows how
 the machine's speed moved during the run), the process's CPU time (which leaves
@@ -69,9 +74,14 @@ MODES = {
     "two_rounds": {"rounds_to_target": 2},
     "two_rounds_lr": {"rounds_to_target": 2, "rewind": "lr"},
     "gradual_lr": {"rounds_to_target": 4, "rewind": "lr"},
+    "gmp": {"rounds_to_target": 1, "rewind": "lr"},
 }
-#: Modes with shorter rounds: the SearchConfig field they set, as a fraction of the full round.
-SHORT_ROUNDS = {"imp_short": ("iterations", 1 / 5), "gradual_lr": ("interim_iterations", 3 / 10)}
+#: Modes with other round lengths: the SearchConfig fields they set, in full rounds.
+ROUND_FRACTIONS = {
+    "imp_short": {"iterations": 1 / 5},
+    "gradual_lr": {"interim_iterations": 3 / 10},
+    "gmp": {"iterations": 5 / 2, "interim_iterations": 1 / 10, "gradual_iterations": 5 / 6, "gradual_every": 1 / 30},
+}
 #: Training iterations per round and between evaluations, per dataset.
 SCHEDULES = {"mnist_subset": (1200, 60), "fashion_mnist": (3600, 360), "digits": (40, 10)}
 TARGET = {"times_cheaper": 5.0, "max_accuracy_drop_points": 0.5}
@@ -90,10 +100,10 @@ flags.DEFINE_bool("quick", False, f"Tiny settings for smoke tests: {QUICK}; over
 def _search(data, mode, settings, run_dir):
     iterations, eval_every = SCHEDULES[data.name]
     schedule = {"iterations": iterations, "eval_every": eval_every}
-    if mode in SHORT_ROUNDS:
-        field, fraction = SHORT_ROUNDS[mode]
+    for field, fraction in ROUND_FRACTIONS.get(mode, {}).items():
         schedule[field] = round(iterations * fraction)
-        schedule["eval_every"] = math.gcd(eval_every, schedule[field])
+        if not field.startswith("gradual"):  # Rounds evaluate on a period that divides their length.
+            schedule["eval_every"] = math.gcd(schedule["eval_every"], schedule[field])
     config = SearchConfig(rounds=None, target_density=settings["target_density"], epochs=None,
                           seed=settings["seed"], **schedule, **MODES[mode])
     started, cpu_started = time.time(), time.process_time()
@@ -135,8 +145,7 @@ def measure(settings, folder):
     return {
         "model": MODEL, "target_density": settings["target_density"], "seed": settings["seed"],
         "quick": settings["quick"], "target": TARGET, "modes": {mode: MODES[mode] for mode in settings["modes"]},
-        "short_rounds": {mode: f"{field} = {fraction:g} of a round" for mode, (field, fraction) in SHORT_ROUNDS.items()
-                         if mode in settings["modes"]},
+        "round_fractions": {mode: fields for mode, fields in ROUND_FRACTIONS.items() if mode in settings["modes"]},
         "datasets": results,
         **environment.machine(),
     }

@@ -46,7 +46,7 @@ def test_search_cost_quick(tmp_path):
     assert json.loads(result.stdout) == report
     modes = report["datasets"]["digits"]["modes"]
     assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate", "two_rounds", "two_rounds_lr",
-                          "gradual_lr"}
+                          "gradual_lr", "gmp"}
     for name, entry in modes.items():
         assert entry["seconds"] > 0 and entry["cpu_seconds"] > 0 and entry["iterations"] > 0, name
         assert len(entry["round_seconds"]) == entry["rounds"] and 0 < sum(entry["round_seconds"]) <= entry["seconds"]
@@ -65,6 +65,9 @@ def test_search_cost_quick(tmp_path):
     # Gradual: four short rounds (12 of 40 iterations) find the masks, the fifth trains the last one in full.
     assert modes["gradual_lr"]["rounds"] == 5 and modes["gradual_lr"]["iterations"] == 4 * 12 + 40
     assert modes["gradual_lr"]["density"] == pytest.approx(modes["imp"]["density"], abs=0.01)
+    # Gradual magnitude pruning: a dense round of 4 iterations, then one of 100 that prunes over its first 33.
+    assert modes["gmp"]["rounds"] == 2 and modes["gmp"]["iterations"] == 4 + 100
+    assert modes["gmp"]["density"] == pytest.approx(modes["imp"]["density"], abs=0.01)
 
 
 def test_search_cost_runs_the_modes_asked_for_beside_imp(tmp_path):
