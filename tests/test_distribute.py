@@ -67,6 +67,22 @@ def test_mirrored_search_matches_one_device_and_keeps_zeros_on_every_replica(sin
             assert not np.any(replica.numpy()[masks[f"{name}/kernel"] == 0])
 
 
+def test_mirrored_gradual_pruning_matches_one_device(tmp_path):
+    """Masks changed by a callback mid-round reach every replica, and both replicas prune the same weights."""
+    config = SearchConfig(rounds=None, target_density=0.3, rounds_to_target=1, rewind="lr", epochs=None,
+                          iterations=20, eval_every=10, gradual_iterations=10, gradual_every=5, batch_size=64)
+    TicketSearch(_build, DATA, config, str(tmp_path / "single"), verbose=0).run()
+    strategy = distribute.strategy_from_flag("mirrored")
+    search = TicketSearch(_build, DATA, config, str(tmp_path / "mirrored"), verbose=0, strategy=strategy)
+    search.run()
+    _assert_same_masks(tmp_path / "mirrored", tmp_path / "single", rounds=2)
+    masks = masking.get_masks(search.model)
+    assert masking.density(masks) < 0.35
+    for name, layer in masking.masked_layers(search.model).items():
+        for replica in layer.layer.kernel.value.values:
+            assert not np.any(replica.numpy()[masks[f"{name}/kernel"] == 0])
+
+
 def test_search_runs_with_xla(single_device_run, tmp_path):
     config = SearchConfig(rounds=2, epochs=1, batch_size=64, jit_compile=True)
     search = TicketSearch(_build, DATA, config, str(tmp_path), verbose=0)

@@ -354,7 +354,7 @@ def test_movement_rate_prunes_by_the_saved_statistics_and_resumes_exactly(tmp_pa
 def test_runs_started_before_a_setting_existed_resume_with_its_default(tmp_path):
     _search(tmp_path, rounds=1).run()
     run = storage.read_json(tmp_path / "run.json")
-    for name in ("early_bird", "early_bird_patience", "movement_every"):
+    for name in ("early_bird", "early_bird_patience", "movement_every", "gradual_iterations", "gradual_every"):
         del run["config"][name]
     storage.write_json(tmp_path / "run.json", run)
     assert read_run_config(tmp_path) == SearchConfig(rounds=1, epochs=1, batch_size=64)

@@ -2,14 +2,15 @@
 
 Round 0 trains the dense network. Every later round prunes the previous round's
 trained network with the plan, resets the survivors (to the rewind weights, or
-keeps the trained weights for `lr` / `finetune`), and trains again.
+keeps the trained weights for `lr` / `finetune`), and trains again; with
+`gradual_iterations` it prunes step by step while it trains (`GradualPruning`).
 
 Layout of a run directory (every file written atomically, see `storage`):
 
     run.json              configuration, seed, model and data signature, versions
     history.json          {"rounds": [metrics of each completed round], "best_round"}
     round_000/            one folder per completed round (renamed into place when complete)
-        masks.npz         the masks the round trained with
+        masks.npz         the masks the round trained with (ended with, if it pruned gradually)
         statistics.npz    (criterion movement_rate only) the accumulated |Δw| of its training
         rewind_weights.npz the weights its survivors were reset to (for round 0 of a
                           late-rewinding run: the weights at the rewind point)
@@ -361,7 +362,7 @@ class TicketSearch:
         return self.config.target_density is not None and density <= self.config.target_density + 1e-9
 
     def _round_iterations(self, index, masks, steps_per_epoch):
-        """The training length of round `index`, which trains with `masks`: interim, unless it is the last round."""
+        """The training length of round `index`, which ends with `masks`: interim, unless it is the last round."""
         config = self.config
         full = config.iterations or config.epochs * steps_per_epoch
         if not config.interim_iterations or index == self._last_round() or self._at_target(masking.density(masks)):
