@@ -21,6 +21,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = datasets.load("digits", seed=0)
 CONFIG = SearchConfig(rounds=2, epochs=1, batch_size=64)
 ARGS = ["--dataset=digits", "--rounds=2", "--epochs=1", "--batch_size=64", "--verbose=0"]
+#: A dense round, then one that prunes gradually to 30% over its first 10 of 20 iterations.
+GRADUAL = {"target_density": 0.3, "rounds_to_target": 1, "rewind": "lr", "iterations": 20, "eval_every": 10,
+           "gradual_iterations": 10, "gradual_every": 5, "batch_size": 64}
+GRADUAL_CONFIG = SearchConfig(rounds=None, epochs=None, **GRADUAL)
+GRADUAL_ARGS = ["--dataset=digits", "--verbose=0", *(f"--{name}={value}" for name, value in GRADUAL.items())]
 
 
 def _build():
@@ -67,15 +72,19 @@ def test_mirrored_search_matches_one_device_and_keeps_zeros_on_every_replica(sin
             assert not np.any(replica.numpy()[masks[f"{name}/kernel"] == 0])
 
 
-def test_mirrored_gradual_pruning_matches_one_device(tmp_path):
+@pytest.fixture(scope="module")
+def gradual_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("gradual")
+    TicketSearch(_build, DATA, GRADUAL_CONFIG, str(run_dir), verbose=0).run()
+    return run_dir
+
+
+def test_mirrored_gradual_pruning_matches_one_device(gradual_run, tmp_path):
     """Masks changed by a callback mid-round reach every replica, and both replicas prune the same weights."""
-    config = SearchConfig(rounds=None, target_density=0.3, rounds_to_target=1, rewind="lr", epochs=None,
-                          iterations=20, eval_every=10, gradual_iterations=10, gradual_every=5, batch_size=64)
-    TicketSearch(_build, DATA, config, str(tmp_path / "single"), verbose=0).run()
     strategy = distribute.strategy_from_flag("mirrored")
-    search = TicketSearch(_build, DATA, config, str(tmp_path / "mirrored"), verbose=0, strategy=strategy)
+    search = TicketSearch(_build, DATA, GRADUAL_CONFIG, str(tmp_path), verbose=0, strategy=strategy)
     search.run()
-    _assert_same_masks(tmp_path / "mirrored", tmp_path / "single", rounds=2)
+    _assert_same_masks(tmp_path, gradual_run, rounds=2)
     masks = masking.get_masks(search.model)
     assert masking.density(masks) < 0.35
     for name, layer in masking.masked_layers(search.model).items():
@@ -101,7 +110,7 @@ def _free_ports(count):
         return [s.getsockname()[1] for s in sockets]
 
 
-def _start_cluster(run_dir, *extra):
+def _start_cluster(run_dir, *extra, args=ARGS):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     processes = []
     for index in range(2):
@@ -109,7 +118,7 @@ def _start_cluster(run_dir, *extra):
         env = {**os.environ, "TF_CONFIG": json.dumps(config), "TF_CPP_MIN_LOG_LEVEL": "3"}
         processes.append(subprocess.Popen(
             [sys.executable, str(ROOT / "examples" / "find_ticket.py"), "--strategy=multi_worker",
-             f"--output_dir={run_dir}", *ARGS, *extra],
+             f"--output_dir={run_dir}", *args, *extra],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return processes
 
@@ -140,6 +149,14 @@ def test_multi_worker_search_matches_one_process(single_device_run, tmp_path):
     np.testing.assert_allclose([r["test_accuracy"] for r in chief["rounds"]],
                                [r["test_accuracy"] for r in single["rounds"]], atol=1e-6)
     assert "History: " + str(tmp_path) not in results[1][1]  # The other worker wrote elsewhere.
+
+
+def test_multi_worker_gradual_pruning_matches_one_process(gradual_run, tmp_path):
+    for code, output in _finish(_start_cluster(tmp_path, args=GRADUAL_ARGS)):
+        assert code == 0, output[-3000:]
+    _assert_same_masks(tmp_path, gradual_run, rounds=2)
+    assert json.loads((tmp_path / "history.json").read_text())["rounds"][1]["gradual_pruning"] == \
+        json.loads((gradual_run / "history.json").read_text())["rounds"][1]["gradual_pruning"]
 
 
 def test_killed_worker_then_restart_resumes_from_the_last_round(single_device_run, tmp_path):
