@@ -3,7 +3,7 @@ import keras
 import pytest
 
 import tf_lottery
-from tf_lottery import PruningPlan, criteria
+from tf_lottery import PruningPlan, criteria, pruning
 from tf_lottery.pruning import random_masks_like
 
 L = keras.layers
@@ -198,3 +198,16 @@ def test_the_output_layer_keeps_every_output_unit(block):
     # Only the output layer is guarded: hidden units may lose all their inputs.
     hidden = PruningPlan(rate=0.99, skip=("output",)).prune(fresh, scores, output_layer="output")["fc/kernel"]
     assert (hidden.sum(axis=0) == 0).any()
+
+
+def test_prune_to_counts_keeps_the_best_weights_or_blocks_of_each_mask():
+    masks = {"a/kernel": np.ones((4, 2), np.float32), "b/kernel": np.ones(3, np.float32)}
+    scores = {"a/kernel": np.array([[8, 1], [7, 2], [3, 6], [4, 5]], np.float32), "b/kernel": np.array([3, 1, 2.0])}
+    kept = pruning.prune_to_counts(masks, scores, {"a/kernel": 3})
+    np.testing.assert_array_equal(kept["a/kernel"], [[1, 0], [1, 0], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(kept["b/kernel"], masks["b/kernel"])  # Not in counts: left as it is.
+    # Blocks of 2 inputs of one output (TFLite's 1x2): mean scores 7.5, 1.5 / 3.5, 5.5; keep two of four.
+    blocks = pruning.prune_to_counts(masks, scores, {"a/kernel": 2}, block=(1, 2))
+    np.testing.assert_array_equal(blocks["a/kernel"], [[1, 0], [1, 0], [0, 1], [0, 1]])
+    assert pruning.count_survivors(blocks, block=(1, 2)) == {"a/kernel": 2, "b/kernel": 3}
+    assert pruning.count_survivors(kept) == {"a/kernel": 3, "b/kernel": 3}
