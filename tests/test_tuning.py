@@ -53,12 +53,12 @@ def tuned(tmp_path_factory):
     trained = []
     train_round = TicketSearch._train_round
 
-    def recording(search, index):
+    def recording(search, index, masks):
         trial = pathlib.Path(search.run_dir).parent.name
         if len(trained) == 1 and (trial, index) == ("trial_0", 1):
             raise _Interrupted
         trained[-1].append((trial, index))
-        return train_round(search, index)
+        return train_round(search, index, masks)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TicketSearch, "_train_round", recording)
