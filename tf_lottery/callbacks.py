@@ -270,6 +270,7 @@ class GradualPruning(keras.callbacks.Callback):
             raise ValueError(f"Gradual pruning over {self.iterations} steps needs at least that long a training "
                              f"run; this one has {steps * epochs}. Train longer, or prune over fewer steps.")
         self._initial = masking.get_prunable_weights(self.model)
+        self._output_layer = list(masking.masked_layers(self.model))[-1]
         self._first_step = int(self.model.optimizer.iterations.numpy())
         self._pruned_at, self.steps = 0, []
 
@@ -292,8 +293,7 @@ class GradualPruning(keras.callbacks.Callback):
         counts = {key: round(end + (self._start[key] - end) * remaining) for key, end in self._end.items()}
         statistics = self.statistics() if self.statistics else None
         scores = criteria.score(self.criterion, masking.get_prunable_weights(self.model), self._initial, statistics)
-        output_layer = list(masking.masked_layers(self.model))[-1]
-        masks = pruning.prune_to_counts(masking.get_masks(self.model), scores, counts, self.block, output_layer)
+        masks = pruning.prune_to_counts(masking.get_masks(self.model), scores, counts, self.block, self._output_layer)
         masking.set_masks(self.model, masks)
         self._pruned_at = step
         self.steps.append((step, masking.density(masks)))

@@ -478,10 +478,7 @@ class TicketSearch:
             early_bird = EarlyBirdStopping(self._one_shot_plan(masks), self.criterion, config.early_bird,
                                            config.early_bird_patience, statistics)
             callbacks.append(early_bird)
-        if self._prunes_gradually(index):
-            if total < config.gradual_iterations:
-                raise ValueError(f"Round {index} trains {total} iterations, fewer than gradual_iterations "
-                                 f"({config.gradual_iterations}): prune over fewer iterations, or train longer.")
+        if self._prunes_gradually(index):  # It checks, before the first step, that the round is long enough.
             gradual = GradualPruning(masks, config.gradual_iterations, config.gradual_every, self.criterion,
                                      self.plan.block, statistics)
             callbacks.insert(-1, gradual)
