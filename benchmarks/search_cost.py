@@ -102,7 +102,7 @@ def _search(data, mode, settings, run_dir):
     schedule = {"iterations": iterations, "eval_every": eval_every}
     for field, fraction in ROUND_FRACTIONS.get(mode, {}).items():
         schedule[field] = round(iterations * fraction)
-        if not field.startswith("gradual"):  # Rounds evaluate on a period that divides their length.
+        if field in ("iterations", "interim_iterations"):  # Rounds evaluate on a period that divides their length.
             schedule["eval_every"] = math.gcd(schedule["eval_every"], schedule[field])
     config = SearchConfig(rounds=None, target_density=settings["target_density"], epochs=None,
                           seed=settings["seed"], **schedule, **MODES[mode])
