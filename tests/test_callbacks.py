@@ -266,3 +266,17 @@ def test_gradual_pruning_rejects_what_it_cannot_reach():
     tf_lottery.set_masks(model, pruned)
     with pytest.raises(ValueError, match="cannot revive weights"):
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[tf_lottery.GradualPruning(masks, 5)])
+    with pytest.raises(ValueError, match=r"final_masks are for \['hidden/kernel'\]"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0,
+                  callbacks=[tf_lottery.GradualPruning({"hidden/kernel": pruned["hidden/kernel"]}, 5)])
+
+
+def test_gradual_pruning_stopped_before_its_final_masks_is_an_error():
+    model = _wrapped()
+    stop = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: setattr(model, "stop_training",
+                                                                                           batch == 2))
+    x, y = _data()
+    gradual = tf_lottery.GradualPruning(masking.get_masks(model), iterations=8, every=2)
+    with pytest.raises(ValueError, match="Training ended before gradual pruning reached its final masks at step 8 "
+                                         r"\(last pruned at step 2\)"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[gradual, stop])

@@ -200,6 +200,13 @@ def test_gradual_pruning_reaches_the_plans_survivors_during_the_round_and_resume
     _assert_same(_round_arrays(tmp_path / "gradual", 1, "trained_weights"), trained)
 
 
+def test_a_round_shorter_than_gradual_iterations_fails_before_it_trains(tmp_path):
+    """One epoch of digits is 20 steps of 64 images: too short to prune over 30."""
+    with pytest.raises(ValueError, match="over 30 steps needs at least that long a training run; this one has 20"):
+        _search(tmp_path, gradual_iterations=30).run()
+    assert os.path.isdir(tmp_path / "round_000") and not os.path.exists(tmp_path / "round_001")
+
+
 def test_target_density_stops_the_search(tmp_path):
     history = _search(tmp_path, rounds=None, target_density=0.7, output_prune_rate=None).run()
     assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.8, 0.64]
