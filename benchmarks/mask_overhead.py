@@ -1,49 +1,73 @@
-"""Training-step overhead of `tf_lottery.wrap` over the plain model.
+"""Training-step time and memory of `tf_lottery.mask` over the plain model, and of TF Model Optimization.
 
-For each model, builds the plain network and `tf_lottery.wrap` of it (same
-initial weights), sets the wrapped model's masks to ~20% density (random,
-seeded) and compiles both with Adam. The wrapped model trains with
+For each model, builds the plain network twice with the same weights, masks
+one of them in place (`tf_lottery.mask`) with random masks at ~20% density
+(seeded), and compiles both with Adam. The masked model trains with
 `LotteryCallback()` in its callbacks, as a user would. Both train with
-`model.fit` on one in-memory `tf.data` dataset of random 28x28x1 images, in one
+`model.fit` on one in-memory `tf.data` dataset of random inputs, in one
 process, after a warm-up fit that traces the train step. Repeats alternate
-plain, wrapped, plain, wrapped, ... so load drifts hit both alike.
+plain, masked, plain, masked, ... so load drifts hit both alike.
+
+Models: LeNet-300-100 and Conv-2 on 28x28x1 images (10 classes), and a small
+keras-hub BERT text classifier (`BERT_CONFIG`, built from its constructor; 2
+classes) on random token ids.
+
+The peer: TF Model Optimization's `prune_low_magnitude` (constant 80%
+sparsity, masks updated every 100 steps) with `UpdatePruningStep`, over the
+same LeNet-300-100 in plain `tf_keras` (translated from Keras 3 with its
+weights, `tfmot_bridge.to_tf_keras`), timed the same way in a subprocess:
+importing tfmot turns a process to the legacy Keras.
 
 A repeat is one `fit(steps_per_epoch=steps, epochs=1)`, timed from
-`on_epoch_begin` to `on_epoch_end`: per-step costs (masking in the compiled
-step, batch-level callbacks) are included, per-fit set-up (including
-`LotteryCallback.on_train_begin`) is not. Reported per model: median ms per
-step of each, the median of the per-pair ratios wrapped/plain, and whether it
-meets the target ratio <= 1.05. The 1-minute load average at start and end is
-recorded too: other processes on the machine make timings noisy.
+`on_epoch_begin` to `on_epoch_end`: per-step costs (the mask constraints in
+the compiled step, batch-level callbacks) are included, per-fit set-up
+(including `LotteryCallback.on_train_begin`) is not. Reported per model:
+median ms per step of each, the median of the per-pair ratios masked/plain
+(of wall time; `cpu_ratio` of the process's CPU time, which leaves out time
+spent waiting for a CPU), whether it meets `TARGET_RATIO` and is below
+tfmot's ratio, and memory: the
+bytes of the mask variables over the bytes of the weights they mask (target
+<= `TARGET_MEMORY`). The 1-minute load average at start and end is recorded
+too: other processes on the machine make timings noisy.
 
 Run from the repository root:
 
     python benchmarks/mask_overhead.py [--repeats 7] [--steps 200]
-        [--models lenet300_100,conv2] [--seed 0] [--output result.json]
+        [--models lenet300_100,conv2,bert] [--seed 0] [--output result.json]
 
 `--quick` uses tiny settings (for tests; the timings then mean nothing).
 The JSON goes to stdout, and to `--output` if given.
 """
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
 import keras  # noqa: E402
+import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery import environment, models, storage  # noqa: E402
+from tf_lottery import environment, masking, models, storage, tfmot_bridge  # noqa: E402
 
-INPUT_SHAPE = (28, 28, 1)
+IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
+#: The keras-hub BERT of the benchmark: BERT-tiny's depth and width (2 layers of 128) on a 64-token input.
+BERT_CONFIG = {"vocabulary_size": 5000, "num_layers": 2, "num_heads": 2, "hidden_dim": 128, "intermediate_dim": 512,
+               "max_sequence_length": 64}
+QUICK_BERT_CONFIG = {**BERT_CONFIG, "vocabulary_size": 200, "hidden_dim": 16, "intermediate_dim": 32,
+                     "max_sequence_length": 8}
 DENSITY = 0.2
-TARGET_RATIO = 1.05
-BATCH_SIZES = {"lenet300_100": 60, "conv2": 60}
+TARGET_RATIO = 1.02
+TARGET_MEMORY = 0.25
+BATCH_SIZES = {"lenet300_100": 60, "conv2": 60, "bert": 32}
 QUICK = {"repeats": 2, "steps": 3, "warmup_steps": 2, "batch_size": 8}
 
 FLAGS = flags.FLAGS
@@ -53,18 +77,99 @@ flags.DEFINE_list("models", list(BATCH_SIZES), f"Models to measure, from {list(B
 flags.DEFINE_integer("seed", 0, "Seed for the weights, the data and the masks.")
 flags.DEFINE_string("output", None, "Also write the JSON to this file.")
 flags.DEFINE_bool("quick", False, f"Tiny settings for smoke tests: {QUICK}; overrides --repeats/--steps.")
+flags.DEFINE_bool("tfmot", True, "Also measure TF Model Optimization on LeNet-300-100 (in a subprocess).")
+flags.DEFINE_string("tfmot_settings", None, "Internal: run only the TF Model Optimization measurement with these "
+                                            "JSON settings and print its JSON (what the subprocess runs).")
 flags.register_validator("models", lambda names: names and set(names) <= set(BATCH_SIZES),
                          f"--models must be a non-empty subset of {list(BATCH_SIZES)}.")
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall time of the (single) epoch; has no batch hooks, so it keeps Keras' async dispatch."""
+def _build(name, quick):
+    """`(model, number of classes)` for a model of the benchmark."""
+    if name == "bert":
+        config = QUICK_BERT_CONFIG if quick else BERT_CONFIG
+        backbone = keras_hub.models.BertBackbone(**config)
+        model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+        return model, 2
+    return models.get(name)(IMAGE_SHAPE, NUM_CLASSES), NUM_CLASSES
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds = time.perf_counter() - self.start
+def _dataset(name, batch_size, num_classes, seed, quick):
+    rng = np.random.default_rng(seed)
+    n = batch_size * 16
+    if name == "bert":
+        length = (QUICK_BERT_CONFIG if quick else BERT_CONFIG)["max_sequence_length"]
+        x = {"token_ids": rng.integers(1, 200, (n, length)).astype(np.int32),
+             "segment_ids": np.zeros((n, length), np.int32), "padding_mask": np.ones((n, length), np.int32)}
+    else:
+        x = rng.random((n, *IMAGE_SHAPE), dtype=np.float32)
+    y = rng.integers(0, num_classes, n)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size, drop_remainder=True).cache().repeat()
+
+
+def _epoch_timer(callbacks_module):
+    """A callback timing the (single) epoch in wall and process CPU seconds.
+
+    It has no batch hooks, so it keeps Keras' asynchronous callback dispatch.
+    """
+
+    class EpochTimer(callbacks_module.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds, self.cpu_seconds = (now - then for now, then in
+                                              zip((time.perf_counter(), time.process_time()), self.start))
+
+    return EpochTimer()
+
+
+def _ms_per_step(model, dataset, steps, extra_callbacks, callbacks_module=keras.callbacks):
+    """`(wall ms, process CPU ms)` per step of one fit of `steps` steps."""
+    timer = _epoch_timer(callbacks_module)
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, callbacks=[*extra_callbacks(), timer], shuffle=False,
+              verbose=0)
+    return 1000 * timer.seconds / steps, 1000 * timer.cpu_seconds / steps
+
+
+def _interleaved(pair, dataset, *, repeats, steps, warmup_steps, label, callbacks_module=keras.callbacks):
+    """Times `pair = {variant: (model, callbacks factory)}` alternately; medians and per-pair ratios.
+
+    The ratio is of wall time; `cpu_ratio`, of the process's CPU time (all its threads), which time
+    spent waiting for a CPU held by other processes leaves out.
+    """
+    (base, (base_model, base_callbacks)), (other, (other_model, other_callbacks)) = pair.items()
+    for model, callbacks in pair.values():  # Traces the train steps.
+        _ms_per_step(model, dataset, warmup_steps, callbacks, callbacks_module)
+    wall, cpu = {base: [], other: []}, {base: [], other: []}
+    for i in range(repeats):
+        for name, model, callbacks in ((base, base_model, base_callbacks), (other, other_model, other_callbacks)):
+            ms, cpu_ms = _ms_per_step(model, dataset, steps, callbacks, callbacks_module)
+            wall[name].append(ms)
+            cpu[name].append(cpu_ms)
+        logging.info("%s repeat %d/%d: %s %.3f ms/step, %s %.3f ms/step", label, i + 1, repeats,
+                     base, wall[base][-1], other, wall[other][-1])
+    ratios = [o / b for b, o in zip(wall[base], wall[other])]
+    cpu_ratios = [o / b for b, o in zip(cpu[base], cpu[other])]
+    return {
+        f"{base}_ms_per_step": statistics.median(wall[base]),
+        f"{other}_ms_per_step": statistics.median(wall[other]),
+        "ratio": statistics.median(ratios),
+        "cpu_ratio": statistics.median(cpu_ratios),
+        f"{base}_ms_per_repeat": wall[base],
+        f"{other}_ms_per_repeat": wall[other],
+        "ratio_per_repeat": ratios,
+        "cpu_ratio_per_repeat": cpu_ratios,
+    }
+
+
+def _memory(model):
+    """Bytes of the mask variables over the bytes of the weights they mask."""
+    masks, weights = masking.get_mask_variables(model), masking.get_prunable_variables(model)
+    mask_bytes = sum(np.dtype(m.dtype).itemsize * int(np.prod(m.shape)) for m in masks.values())
+    weight_bytes = sum(np.dtype(w.dtype).itemsize * int(np.prod(w.shape)) for w in weights.values())
+    return {"mask_bytes": mask_bytes, "masked_weight_bytes": weight_bytes, "ratio": mask_bytes / weight_bytes,
+            "meets_target": mask_bytes / weight_bytes <= TARGET_MEMORY}
 
 
 def _compiled(model):
@@ -73,76 +178,89 @@ def _compiled(model):
     return model
 
 
-def _ms_per_step(model, dataset, steps, lottery):
-    """One fit of `steps` steps; the wrapped model gets a fresh LotteryCallback, as in a user's run."""
-    timer = _EpochTimer()
-    callbacks = [tf_lottery.LotteryCallback(), timer] if lottery else [timer]
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, callbacks=callbacks, shuffle=False, verbose=0)
-    return 1000 * timer.seconds / steps
-
-
-def measure(name, *, repeats, steps, warmup_steps, batch_size, seed):
-    rng = np.random.default_rng(seed)
-    n = batch_size * 16
-    x = rng.random((n, *INPUT_SHAPE), dtype=np.float32)
-    y = rng.integers(0, NUM_CLASSES, n)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size, drop_remainder=True).cache().repeat()
-
+def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
     keras.utils.set_random_seed(seed)
-    plain = models.get(name)(INPUT_SHAPE, NUM_CLASSES)
-    wrapped = tf_lottery.wrap(plain)
-    tf_lottery.set_masks(wrapped, {key: (rng.random(mask.shape) < DENSITY).astype(np.float32)
-                                   for key, mask in tf_lottery.get_masks(wrapped).items()})
-    density = tf_lottery.sparsity_report(wrapped)["density"]
-    _compiled(plain)
-    _compiled(wrapped)
-
-    for model, lottery in ((plain, False), (wrapped, True)):  # Traces the train steps.
-        _ms_per_step(model, dataset, warmup_steps, lottery)
-    plain_ms, wrapped_ms = [], []
-    for i in range(repeats):
-        plain_ms.append(_ms_per_step(plain, dataset, steps, lottery=False))
-        wrapped_ms.append(_ms_per_step(wrapped, dataset, steps, lottery=True))
-        logging.info("%s repeat %d/%d: plain %.3f ms/step, wrapped %.3f ms/step",
-                     name, i + 1, repeats, plain_ms[-1], wrapped_ms[-1])
-    ratios = [w / p for p, w in zip(plain_ms, wrapped_ms)]
-    ratio = statistics.median(ratios)
+    plain, num_classes = _build(name, quick)
+    masked, _ = _build(name, quick)
+    masked.set_weights(plain.get_weights())
+    tf_lottery.mask(masked)
+    rng = np.random.default_rng(seed)
+    tf_lottery.set_masks(masked, {key: rng.random(mask.shape) < DENSITY
+                                  for key, mask in tf_lottery.get_masks(masked).items()})
+    dataset = _dataset(name, batch_size, num_classes, seed, quick)
+    pair = {"plain": (_compiled(plain), list), "masked": (_compiled(masked), lambda: [tf_lottery.LotteryCallback()])}
+    timing = _interleaved(pair, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps, label=name)
     return {
-        "input_shape": list(INPUT_SHAPE),
         "batch_size": batch_size,
         "steps": steps,
         "warmup_steps": warmup_steps,
         "repeats": repeats,
-        "mask_density": density,
+        "mask_density": tf_lottery.sparsity_report(masked)["density"],
+        "masked_weights": tf_lottery.sparsity_report(masked)["total"],
         "jit_compile": bool(plain.jit_compile),
-        "plain_ms_per_step": statistics.median(plain_ms),
-        "wrapped_ms_per_step": statistics.median(wrapped_ms),
-        "ratio": ratio,
-        "meets_target": ratio <= TARGET_RATIO,
-        "plain_ms_per_repeat": plain_ms,
-        "wrapped_ms_per_repeat": wrapped_ms,
-        "ratio_per_repeat": ratios,
+        **timing,
+        "meets_target": timing["ratio"] <= TARGET_RATIO,
+        "memory": _memory(masked),
     }
+
+
+def measure_tfmot(*, repeats, steps, warmup_steps, batch_size, seed):
+    """Plain `tf_keras` LeNet-300-100 against tfmot's `prune_low_magnitude` of it (run in its own process)."""
+    tfmot, tf_keras = tfmot_bridge.modules()
+    keras.utils.set_random_seed(seed)
+    source = models.lenet300_100(IMAGE_SHAPE, NUM_CLASSES)
+    plain = tfmot_bridge.to_tf_keras(source)
+    schedule = tfmot.sparsity.keras.ConstantSparsity(1 - DENSITY, begin_step=0, frequency=100)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(tfmot_bridge.to_tf_keras(source), pruning_schedule=schedule)
+    for model in (plain, pruned):
+        model.compile(optimizer=tf_keras.optimizers.Adam(1e-3),
+                      loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    dataset = _dataset("lenet300_100", batch_size, NUM_CLASSES, seed, quick=False)
+    pair = {"plain": (plain, list), "pruned": (pruned, lambda: [tfmot.sparsity.keras.UpdatePruningStep()])}
+    timing = _interleaved(pair, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
+                          label="tfmot lenet300_100", callbacks_module=tf_keras.callbacks)
+    return {"model": "lenet300_100", "batch_size": batch_size, "steps": steps, "repeats": repeats,
+            "sparsity": 1 - DENSITY, "update_frequency": 100, **timing}
+
+
+def _tfmot_in_subprocess(settings):
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), f"--tfmot_settings={json.dumps(settings)}"],
+                            capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise RuntimeError(f"The TF Model Optimization measurement failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout)
 
 
 def main(argv):
     del argv
+    if FLAGS.tfmot_settings:
+        print(json.dumps(measure_tfmot(**json.loads(FLAGS.tfmot_settings))))
+        return
     settings = dict(QUICK) if FLAGS.quick else {"repeats": FLAGS.repeats, "steps": FLAGS.steps,
                                                 "warmup_steps": min(FLAGS.steps, 20)}
     load_start = os.getloadavg()[0]
     results = {}
     for name in FLAGS.models:
         batch_size = settings.get("batch_size", BATCH_SIZES[name])
-        results[name] = measure(name, **{**settings, "batch_size": batch_size}, seed=FLAGS.seed)
+        results[name] = measure(name, **{**settings, "batch_size": batch_size}, seed=FLAGS.seed, quick=FLAGS.quick)
+    peer = None
+    if FLAGS.tfmot:
+        peer = _tfmot_in_subprocess({**settings, "batch_size": settings.get("batch_size", BATCH_SIZES["lenet300_100"]),
+                                     "seed": FLAGS.seed})
+        for entry in results.values():
+            entry["below_tfmot"] = entry["ratio"] < peer["ratio"]
     report = {
         "benchmark": "mask_overhead",
-        "measured": "ms per training step (model.fit, Adam), wrapped with LotteryCallback vs plain",
-        "target": f"ratio <= {TARGET_RATIO}",
+        "measured": "ms per training step (model.fit, Adam): masked with LotteryCallback vs plain; tfmot's "
+                    "prune_low_magnitude with UpdatePruningStep vs plain tf_keras; mask bytes over masked weight bytes",
+        "target": f"ratio <= {TARGET_RATIO} and below tfmot's; memory ratio <= {TARGET_MEMORY}",
         "quick": FLAGS.quick,
         "seed": FLAGS.seed,
+        "bert_config": QUICK_BERT_CONFIG if FLAGS.quick else BERT_CONFIG,
         **environment.machine(),
         "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "models": results,
+        "tfmot": peer,
     }
     storage.publish_json(report, FLAGS.output)
 

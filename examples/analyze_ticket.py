@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
-from tf_lottery import analysis, datasets, masking, models, plots, storage  # noqa: E402
+from tf_lottery import analysis, datasets, masking, models, plots, storage, weights  # noqa: E402
 from tf_lottery.search import read_run_config, restore_round  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run directory of a ticket search (examples/find_ticket.py).", required=True)
@@ -63,16 +63,16 @@ def main(argv):
     dataset = signature["dataset"]["name"]
     data = datasets.load(dataset, data_dir=FLAGS.data_dir, seed=config.seed)
     build = functools.partial(models.get(FLAGS.model), data.input_shape, data.num_classes)
-    shapes = {path: list(value.shape) for path, value in masking.get_weight_values(masking.wrap(build())).items()}
+    shapes = {path: list(value.shape) for path, value in weights.snapshot(build()).items()}
     if shapes != signature["weights"]:
         raise app.UsageError(f"{run_dir} did not search --model={FLAGS.model} (its weights differ); "
                              "pass the --model it searched.")
     verbose = int(FLAGS.verbose)
     control_dir = os.path.join(output_dir, "reinit_control")
     analysis.replay(run_dir, run_dir, control_dir, build, data, index, control="reinit", verbose=verbose)
-    networks = {"ticket": restore_round(masking.wrap(build()), run_dir, index),
-                "dense": restore_round(masking.wrap(build()), run_dir, 0),
-                "reinit": restore_round(masking.wrap(build()), control_dir, index)}
+    networks = {"ticket": restore_round(masking.mask(build()), run_dir, index),
+                "dense": restore_round(masking.mask(build()), run_dir, 0),
+                "reinit": restore_round(masking.mask(build()), control_dir, index)}
     images, labels = data.x_test[:FLAGS.samples], data.y_test[:FLAGS.samples]
     report = {
         "run_dir": os.path.abspath(run_dir), "dataset": dataset, "round": index, "samples": len(images),

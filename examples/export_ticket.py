@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 
 
 def _load_run():
-    """(the round's wrapped model, its metrics, its dataset) from --run_dir and the flags."""
+    """(the round's masked model, its metrics, its dataset) from --run_dir and the flags."""
     run = storage.read_json(os.path.join(FLAGS.run_dir, "run.json"))
     rounds = storage.read_json(os.path.join(FLAGS.run_dir, "history.json"))["rounds"]
     if not rounds:

@@ -13,7 +13,7 @@ DATA = datasets.load("digits", seed=0)
 @pytest.fixture(scope="module")
 def trained():
     keras.utils.set_random_seed(0)
-    model = tf_lottery.wrap(models.lenet300_100(DATA.input_shape, DATA.num_classes))
+    model = tf_lottery.mask(models.lenet300_100(DATA.input_shape, DATA.num_classes))
     masks = tf_lottery.get_masks(model)
     masks["fc1/kernel"][::2] = 0
     tf_lottery.set_masks(model, masks)

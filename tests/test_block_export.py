@@ -27,7 +27,7 @@ SAMPLE = DATA.x_train[:500]
 def _ticket(block, *, layer_rates=None):
     """LeNet-300-100 pruned once to ~10% density in `block`s (magnitude at init), then trained with its mask."""
     keras.utils.set_random_seed(0)
-    model = tf_lottery.wrap(models.lenet300_100(DATA.input_shape, DATA.num_classes))
+    model = tf_lottery.mask(models.lenet300_100(DATA.input_shape, DATA.num_classes))
     plan = PruningPlan(rate=0.9, output_rate=0.5, block=block, layer_rates=layer_rates or {})
     tf_lottery.set_masks(model, plan.apply(model, {key: np.abs(value) for key, value in
                                                    tf_lottery.get_prunable_weights(model).items()}))
@@ -103,7 +103,7 @@ def test_1x16_inputs_are_padded_to_whole_blocks_by_the_layer_before(fastest):
 
 def test_a_dense_layer_whose_input_no_dense_layer_alone_computes_reads_it_through_a_pad_op(tickets, tmp_path):
     """fc1's output (fc2's input) is also part of the model's output, so fc1 cannot grow: a PAD op pads it."""
-    ticket = tf_lottery.strip(tickets["1x16"])
+    ticket = tickets["1x16"]  # Masked: exports as the plain network it is.
     both = keras.Model(ticket.input, keras.layers.Concatenate()([ticket.output, ticket.get_layer("fc1").output]))
     entry = export.export_tflite(both, tmp_path / "pad.tflite", quantize="int8", representative_data=SAMPLE)
     assert entry["padded_inputs"] == {"fc2": [300, 304], "output": [100, 112]}

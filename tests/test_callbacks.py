@@ -3,16 +3,16 @@ import keras
 import pytest
 
 import tf_lottery
-from tf_lottery import callbacks, masking
+from tf_lottery import callbacks, masking, weights
 
 L = keras.layers
 
 
-def _wrapped(seed=0):
+def _masked(seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((6,))
     x = L.Dense(8, activation="relu", name="hidden")(inputs)
-    model = tf_lottery.wrap(keras.Model(inputs, L.Dense(3, name="output")(x)))
+    model = tf_lottery.mask(keras.Model(inputs, L.Dense(3, name="output")(x)))
     model.compile(optimizer=keras.optimizers.Adam(0.05),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
@@ -31,10 +31,10 @@ class Recorder(keras.callbacks.Callback):
         self.after_step, self.after_epoch = {}, {}
 
     def on_train_batch_end(self, batch, logs=None):
-        self.after_step[int(self.model.optimizer.iterations.numpy())] = masking.get_weight_values(self.model)
+        self.after_step[int(self.model.optimizer.iterations.numpy())] = weights.snapshot(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.after_epoch[epoch + 1] = masking.get_weight_values(self.model)
+        self.after_epoch[epoch + 1] = weights.snapshot(self.model)
 
 
 def _assert_equal(values, expected):
@@ -44,8 +44,8 @@ def _assert_equal(values, expected):
 
 
 def test_rewind_to_initialization_restores_survivors_bit_for_bit():
-    model = _wrapped()
-    initial = masking.get_weight_values(model)
+    model = _masked()
+    initial = weights.snapshot(model)
     callback = tf_lottery.LotteryCallback()
     x, y = _data()
     model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[callback])
@@ -53,30 +53,30 @@ def test_rewind_to_initialization_restores_survivors_bit_for_bit():
         model, tf_lottery.criteria.magnitude(tf_lottery.get_prunable_weights(model), None))
     tf_lottery.set_masks(model, masks)
     callback.rewind()
-    rewound = masking.get_weight_values(model)
-    for key, weight in tf_lottery.get_prunable_weights(model).items():
-        path = model.get_layer(f"masked_{key.split('/')[0]}").layer.kernel.path
-        np.testing.assert_array_equal(weight, initial[path] * masks[key])
-        assert np.array_equal(rewound[path][masks[key] == 1], initial[path][masks[key] == 1])
-    bias = model.get_layer("masked_hidden").layer.bias.path
+    rewound = weights.snapshot(model)
+    for key, weight in tf_lottery.get_prunable_weights(model).items():  # Mask keys are variable paths.
+        np.testing.assert_array_equal(weight, initial[key] * masks[key])
+        assert np.array_equal(rewound[key][masks[key] == 1], initial[key][masks[key] == 1])
+    bias = model.get_layer("hidden").bias.path
     np.testing.assert_array_equal(rewound[bias], initial[bias])
 
 
 @pytest.mark.parametrize("rewind_at, recorded", [(3, ("after_step", 3)), ("step:5", ("after_step", 5)),
+                                                 ("step:12", ("after_step", 12)),  # The last step.
                                                  ("epoch:1", ("after_epoch", 1))])
 def test_late_rewinding_captures_the_weights_at_that_point(rewind_at, recorded):
-    model = _wrapped()
+    model = _masked()
     callback, recorder = tf_lottery.LotteryCallback(rewind_at), Recorder()
     x, y = _data()
     model.fit(x, y, batch_size=10, epochs=3, verbose=0, callbacks=[callback, recorder])
     attribute, at = recorded
     _assert_equal(callback.rewind_weights, getattr(recorder, attribute)[at])
     callback.rewind()
-    _assert_equal(masking.get_weight_values(model), getattr(recorder, attribute)[at])
+    _assert_equal(weights.snapshot(model), getattr(recorder, attribute)[at])
 
 
 def test_capture_happens_once_across_rounds():
-    model = _wrapped()
+    model = _masked()
     callback = tf_lottery.LotteryCallback()
     x, y = _data()
     model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
@@ -86,11 +86,11 @@ def test_capture_happens_once_across_rounds():
 
 
 def test_callback_zeroes_pruned_weights_at_train_begin():
-    model = _wrapped()
+    model = _masked()
     masks = tf_lottery.get_masks(model)
     masks["hidden/kernel"][0] = 0
     tf_lottery.set_masks(model, masks)
-    kernel = model.get_layer("masked_hidden").layer.kernel
+    kernel = model.get_layer("hidden").kernel
     kernel.assign(np.ones(kernel.shape))  # e.g. weights loaded from elsewhere
     x, y = _data()
     model.fit(x, y, epochs=1, verbose=0, callbacks=[tf_lottery.LotteryCallback()])
@@ -100,13 +100,13 @@ def test_callback_zeroes_pruned_weights_at_train_begin():
 def test_rewind_beyond_the_training_run_is_an_error():
     x, y = _data()
     with pytest.raises(ValueError, match=r"step:100 lies beyond this training run of 8 steps"):
-        _wrapped().fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[tf_lottery.LotteryCallback(100)])
+        _masked().fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[tf_lottery.LotteryCallback(100)])
     with pytest.raises(ValueError, match=r"epoch:5 lies beyond this training run of 2 epochs"):
-        _wrapped().fit(x, y, epochs=2, verbose=0, callbacks=[tf_lottery.LotteryCallback("epoch:5")])
+        _masked().fit(x, y, epochs=2, verbose=0, callbacks=[tf_lottery.LotteryCallback("epoch:5")])
 
 
 def test_steps_per_execution_that_skips_the_rewind_step_is_an_error():
-    model = _wrapped()
+    model = _masked()
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=2)
     x, y = _data()
@@ -115,7 +115,7 @@ def test_steps_per_execution_that_skips_the_rewind_step_is_an_error():
 
 
 def test_steps_per_execution_that_divides_the_rewind_step_works():
-    model = _wrapped()
+    model = _masked()
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=2)
     callback = tf_lottery.LotteryCallback(2)
@@ -130,12 +130,12 @@ def test_bad_rewind_points_are_rejected(bad):
         tf_lottery.LotteryCallback(bad)
 
 
-def test_rewind_before_training_and_unwrapped_models_are_errors():
+def test_rewind_before_training_and_unmasked_models_are_errors():
     with pytest.raises(ValueError, match="train with this callback first"):
-        tf_lottery.LotteryCallback().rewind(_wrapped())
+        tf_lottery.LotteryCallback().rewind(_masked())
     plain = keras.Sequential([keras.Input((6,)), L.Dense(3)])
     plain.compile(optimizer="adam", loss="mse")
-    with pytest.raises(ValueError, match="tf_lottery.wrap"):
+    with pytest.raises(ValueError, match=r"has no masks.*tf_lottery.mask\(model\)"):
         plain.fit(np.zeros((4, 6)), np.zeros((4, 3)), verbose=0, callbacks=[tf_lottery.LotteryCallback()])
 
 
@@ -159,7 +159,7 @@ def _path_length(snapshots, key):
 
 @pytest.mark.parametrize("every", ["step", "epoch"])
 def test_movement_tracker_adds_up_how_far_each_weight_moved(every):
-    model = _wrapped()
+    model = _masked()
     masks = tf_lottery.get_masks(model)
     masks["hidden/kernel"][:, :2] = 0
     tf_lottery.set_masks(model, masks)
@@ -191,8 +191,8 @@ def test_mask_distance_is_the_share_of_survivors_that_changed():
 
 
 def test_early_bird_stops_once_the_mask_was_stable_for_patience_checks_and_not_before():
-    model = _wrapped()
-    kernel = model.get_layer("masked_hidden").layer.kernel
+    model = _masked()
+    kernel = model.get_layer("hidden").kernel
     rising = np.arange(48, dtype=np.float32).reshape(6, 8)
     early_bird = tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(rate=0.5, output_rate=None), patience=2)
     early_bird.set_model(model)
@@ -210,7 +210,7 @@ def test_early_bird_stops_once_the_mask_was_stable_for_patience_checks_and_not_b
 
 @pytest.mark.parametrize("learning_rate, epochs_run", [(0.0, 3), (1.0, 8)])
 def test_early_bird_ends_training_only_when_the_mask_settles(learning_rate, epochs_run):
-    model = _wrapped()
+    model = _masked()
     model.compile(optimizer=keras.optimizers.SGD(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     early_bird = tf_lottery.EarlyBirdStopping(tf_lottery.PruningPlan(rate=0.5), threshold=0.01, patience=2)
@@ -228,7 +228,7 @@ def test_early_bird_rejects_bad_settings():
 
 
 def test_gradual_pruning_follows_the_cubic_schedule_and_keeps_the_largest_weights():
-    model = _wrapped()
+    model = _masked()
     model.compile(optimizer=keras.optimizers.SGD(0.0),  # The weights stay put: magnitude ranks the initial ones.
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     initial = masking.get_prunable_weights(model)
@@ -253,7 +253,7 @@ def test_gradual_pruning_follows_the_cubic_schedule_and_keeps_the_largest_weight
 
 
 def test_gradual_pruning_rejects_what_it_cannot_reach():
-    model = _wrapped()
+    model = _masked()
     masks = masking.get_masks(model)
     with pytest.raises(ValueError, match="every must be a positive integer"):
         tf_lottery.GradualPruning(masks, iterations=10, every=0)
@@ -272,7 +272,7 @@ def test_gradual_pruning_rejects_what_it_cannot_reach():
 
 
 def test_gradual_pruning_stopped_before_its_final_masks_is_an_error():
-    model = _wrapped()
+    model = _masked()
     stop = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: setattr(model, "stop_training",
                                                                                            batch == 2))
     x, y = _data()

@@ -64,12 +64,16 @@ def test_mirrored_search_matches_one_device_and_keeps_zeros_on_every_replica(sin
     search = TicketSearch(_build, DATA, CONFIG, str(tmp_path), verbose=0, strategy=strategy)
     search.run()
     _assert_same_masks(tmp_path, single_device_run)
-    masks = masking.get_masks(search.model)
-    for name, layer in masking.masked_layers(search.model).items():
-        replicas = layer.layer.kernel.value.values  # One copy per logical device.
+    _assert_zeros_on_every_replica(search.model)
+
+
+def _assert_zeros_on_every_replica(model):
+    masks = masking.get_masks(model)
+    for key, variable in masking.get_prunable_variables(model).items():
+        replicas = variable.value.values  # One copy per logical device.
         assert len(replicas) == 2
         for replica in replicas:
-            assert not np.any(replica.numpy()[masks[f"{name}/kernel"] == 0])
+            assert not np.any(replica.numpy()[masks[key] == 0]), key
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +89,8 @@ def test_mirrored_gradual_pruning_matches_one_device(gradual_run, tmp_path):
     search = TicketSearch(_build, DATA, GRADUAL_CONFIG, str(tmp_path), verbose=0, strategy=strategy)
     search.run()
     _assert_same_masks(tmp_path, gradual_run, rounds=2)
-    masks = masking.get_masks(search.model)
-    assert masking.density(masks) < 0.35
-    for name, layer in masking.masked_layers(search.model).items():
-        for replica in layer.layer.kernel.value.values:
-            assert not np.any(replica.numpy()[masks[f"{name}/kernel"] == 0])
+    assert masking.density(masking.get_masks(search.model)) < 0.35
+    _assert_zeros_on_every_replica(search.model)
 
 
 def test_search_runs_with_xla(single_device_run, tmp_path):

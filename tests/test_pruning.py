@@ -103,10 +103,10 @@ def test_unknown_layer_names_and_scores_are_errors():
         PruningPlan().prune(masks, {"fc1/kernel": scores["fc1/kernel"]})
 
 
-def test_apply_prunes_a_wrapped_model_and_finds_its_output_layer():
+def test_apply_prunes_a_masked_model_and_finds_its_output_layer():
     inputs = keras.Input((20,))
     x = L.Dense(30, name="fc1")(inputs)
-    model = tf_lottery.wrap(keras.Model(inputs, L.Dense(10, name="output")(x)))
+    model = tf_lottery.mask(keras.Model(inputs, L.Dense(10, name="output")(x)))
     scores = criteria.magnitude(tf_lottery.get_prunable_weights(model), None)
     masks = PruningPlan(rate=0.2, output_rate=0.1).apply(model, scores)
     assert _density(masks["fc1/kernel"]) == pytest.approx(0.8)

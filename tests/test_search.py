@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lottery
-from tf_lottery import datasets, masking, models, pruning, storage
+from tf_lottery import datasets, masking, models, pruning, storage, weights
 from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, read_run_config
 
 DATA = datasets.load("digits", seed=0)
@@ -75,7 +76,7 @@ def test_rewinding_to_init_restarts_survivors_from_the_initial_weights(ticket_ru
 
 def test_best_ticket_is_saved_with_its_masks(ticket_run):
     run_dir, history = ticket_run
-    ticket = keras.models.load_model(run_dir / "best_ticket.keras")
+    ticket = tf_lottery.load_model(run_dir / "best_ticket.keras")
     _assert_same(tf_lottery.get_masks(ticket), _round_arrays(run_dir, history["best_round"], "masks"))
 
 
@@ -102,7 +103,7 @@ def test_every_rewinding_mode_runs(rewind, tmp_path):
     history = _search(tmp_path, rewind=rewind, rounds=1, epochs=2, lr_schedule="cosine").run()
     assert len(history["rounds"]) == 2
     keras.utils.set_random_seed(0)
-    initial = masking.get_weight_values(tf_lottery.wrap(_build()))
+    initial = weights.snapshot(_build())
     rewind_point = _round_arrays(tmp_path, 0, "rewind_weights")
     trained = _round_arrays(tmp_path, 0, "trained_weights")
     masks = _round_arrays(tmp_path, 1, "masks")["fc1/kernel"]
@@ -329,7 +330,7 @@ def test_early_bird_ends_the_dense_round_early_and_prunes_to_the_target(tmp_path
     first_stable = next(end for end in range(3, len(distances) + 1) if max(distances[end - 3:end]) < 0.1)
     assert first_stable == len(distances)  # Stopped at the first check after three stable ones.
     assert 0.2 < ticket["density"] <= 0.3
-    trained = masking.get_prunable_weights(tf_lottery.wrap(_build()), _round_arrays(tmp_path, 0, "trained_weights"))
+    trained = masking.get_prunable_weights(tf_lottery.mask(_build()), _round_arrays(tmp_path, 0, "trained_weights"))
     plan = compounded_plan(tf_lottery.PruningPlan(rate=0.2, output_rate=0.1, target_density=0.3),
                            _round_arrays(tmp_path, 0, "masks"), "output")
     _assert_same(_round_arrays(tmp_path, 1, "masks"), plan.prune(_round_arrays(tmp_path, 0, "masks"),
@@ -376,3 +377,48 @@ def test_layer_rates_override_the_plan_per_layer():
         SearchConfig(rounds=1, layer_rates="conv1:0.1")
     with pytest.raises(ValueError, match="fraction"):
         SearchConfig(rounds=1, layer_rates="conv1=2")
+
+
+def test_a_pretrained_model_rewinds_to_the_weights_it_was_built_with(tmp_path):
+    """Round 0 starts from the built model's weights (pretrained or not); later rounds rewind there."""
+    keras.utils.set_random_seed(7)
+    pretrained = [w + 0.01 for w in _build().get_weights()]  # Stands in for a preset's weights.
+
+    def build():
+        model = _build()
+        model.set_weights(pretrained)
+        return model
+
+    config = SearchConfig(rounds=1, epochs=1, batch_size=64)
+    TicketSearch(build, DATA, config, str(tmp_path), verbose=0).run()
+    expected = {v.path: value for v, value in zip(build().weights, pretrained)}
+    masks = _round_arrays(tmp_path, 1, "masks")
+    for index in (0, 1):
+        rewound = _round_arrays(tmp_path, index, "rewind_weights")
+        for path, value in expected.items():
+            kept = masks[path] if index and path in masks else 1
+            np.testing.assert_array_equal(rewound[path], value * kept, err_msg=f"round {index} {path}")
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.hidden = keras.layers.Dense(32, activation="relu", name="hidden")
+        self.out = keras.layers.Dense(DATA.num_classes, name="output")
+
+    def call(self, x):
+        return self.out(self.hidden(keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))))
+
+
+def test_a_subclassed_model_is_searched_and_resumed(tmp_path):
+    def build():
+        model = _Subclassed()
+        model(DATA.x_train[:1])
+        return model
+
+    config = SearchConfig(rounds=1, epochs=1, batch_size=64)
+    TicketSearch(build, DATA, config, str(tmp_path), verbose=0).run()
+    history = TicketSearch(build, DATA, dataclasses.replace(config, rounds=2), str(tmp_path), verbose=0,
+                           resume=True).run()
+    assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.81, 0.66]
+    assert set(_round_arrays(tmp_path, 2, "masks")) == {"subclassed/hidden/kernel", "subclassed/output/kernel"}

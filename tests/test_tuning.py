@@ -103,7 +103,7 @@ def test_the_best_ticket_loads_at_the_target_density_and_scores_its_objective(tu
     tuner, _ = tuned
     best = tuner.best_result()
     assert best["objective"] == max(row["objective"] for row in tuner.results())
-    ticket = keras.models.load_model(best["ticket"])
+    ticket = tf_lottery.load_model(best["ticket"])
     assert tf_lottery.sparsity_report(ticket)["density"] <= CONFIG.target_density
     accuracy = np.mean(np.argmax(ticket.predict(DATA.x_val, verbose=0), axis=1) == DATA.y_val)
     assert accuracy == pytest.approx(best["objective"], abs=1e-6)
@@ -126,7 +126,7 @@ def test_density_objective_scores_the_sparsest_round_within_tolerance(tmp_path):
     assert row["round"] == best_round(history["rounds"], 0.05)
     scored = history["rounds"][row["round"]]
     assert row["objective"] == scored["density"]
-    assert tf_lottery.sparsity_report(keras.models.load_model(row["ticket"]))["density"] == \
+    assert tf_lottery.sparsity_report(tf_lottery.load_model(row["ticket"]))["density"] == \
         pytest.approx(scored["density"])
 
 

@@ -1,10 +1,10 @@
 """How robust a ticket is, and whether it transfers: weight noise, adversarial inputs, other data.
 
-Every function takes a wrapped logits classifier (e.g. a round of a search,
+Every function takes a masked logits classifier (e.g. a round of a search,
 `search.restore_round`) and test images in [0, 1]; `replay` and `transfer`
 train the controls with `TicketSearch`, so they are checkpointed and resumable.
 
-    ticket = search.restore_round(tf_lottery.wrap(build()), "runs/lenet", 10)
+    ticket = search.restore_round(tf_lottery.mask(build()), "runs/lenet", 10)
     analysis.weight_noise_accuracy(ticket, data.x_test, data.y_test)      # {0.0: 0.97, 0.5: 0.95, ...}
     analysis.adversarial_accuracy(ticket, data.x_test, data.y_test, attack="pgd")
 """

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, masking, pruning
+from tf_lottery import criteria, masking, pruning, weights
 
 UNITS = ("step", "epoch")
 
@@ -24,13 +24,14 @@ def parse_rewind_point(rewind_at):
 
 
 class LotteryCallback(keras.callbacks.Callback):
-    """Captures the rewind weights and keeps the pruned weights of a wrapped model at zero.
+    """Captures the rewind weights of a masked model and zeroes its pruned weights when training starts.
 
     At the start of training it zeroes every pruned weight; each optimizer step
-    then re-applies the masks inside the compiled step (see `tf_lottery.Masked`),
+    then re-applies the masks inside the compiled step (see `tf_lottery.mask`),
     so no optimizer state can revive a pruned weight. The first time training
-    reaches the rewind point it records every weight except the masks;
-    `rewind()` restores them later, keeping the current masks.
+    reaches the rewind point it records every weight (a `tf_lottery.weights`
+    snapshot; with `rewind_at=0`, the weights the model starts with, pretrained
+    or not); `rewind()` restores them later, keeping the current masks.
 
     Args:
         rewind_at: `0` (the initialization, as in the paper), an int number of
@@ -56,24 +57,19 @@ class LotteryCallback(keras.callbacks.Callback):
                 f"of {total} {self.rewind_unit}s. Rewind to an earlier {self.rewind_unit}, or train longer."
             )
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.rewind_weights is not None or self.rewind_unit != "step":
-            return
-        step = int(self.model.optimizer.iterations.numpy())
-        if step == self.rewind_count:
-            self._capture()
-        elif step > self.rewind_count:
-            raise ValueError(
-                f"Training passed step {self.rewind_count} between two callback calls (now at step {step}), "
-                "so the rewind weights could not be captured there. Use a steps_per_execution that divides "
-                "the rewind step."
-            )
+    def on_train_batch_begin(self, batch, logs=None):
+        # The weights after step K are those before step K + 1. A begin hook, unlike an end hook, leaves Keras
+        # dispatching the end-of-batch callbacks asynchronously, so the steps run back to back.
+        if self.rewind_weights is None and self.rewind_unit == "step":
+            self._capture_at_step()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.rewind_weights is None and self.rewind_unit == "epoch" and epoch + 1 == self.rewind_count:
             self._capture()
 
     def on_train_end(self, logs=None):
+        if self.rewind_weights is None and self.rewind_unit == "step":
+            self._capture_at_step()  # The rewind point may be the last step.
         if self.rewind_weights is None:
             raise ValueError(
                 f"Training ended before the rewind point {self.rewind_unit}:{self.rewind_count}. "
@@ -84,10 +80,21 @@ class LotteryCallback(keras.callbacks.Callback):
         """Resets every weight to its captured value and re-applies the current masks."""
         if self.rewind_weights is None:
             raise ValueError("No rewind weights captured yet: train with this callback first.")
-        masking.set_weight_values(model or self.model, self.rewind_weights)
+        weights.restore(model or self.model, self.rewind_weights)
 
     def _capture(self):
-        self.rewind_weights = masking.get_weight_values(self.model)
+        self.rewind_weights = weights.snapshot(self.model)
+
+    def _capture_at_step(self):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step == self.rewind_count:
+            self._capture()
+        elif step > self.rewind_count:
+            raise ValueError(
+                f"Training passed step {self.rewind_count} between two callback calls (now at step {step}), "
+                "so the rewind weights could not be captured there. Use a steps_per_execution that divides "
+                "the rewind step."
+            )
 
     def _planned_length(self):
         if self.rewind_unit == "epoch":
@@ -165,7 +172,7 @@ class EarlyBirdStopping(keras.callbacks.Callback):
     """Stops training once the ticket drawn from the weights stops changing (You et al., ICLR 2020).
 
     At the end of every epoch it draws the masks `plan` gives the current
-    weights of a wrapped model and their `mask_distance` to the masks drawn one
+    weights of a masked model and their `mask_distance` to the masks drawn one
     epoch before. Training stops once the last `patience` distances are all
     below `threshold`; `masks` is then the early-bird ticket. Draw with a plan
     of the density you will prune to (e.g. `search.compounded_plan`), as the
@@ -216,7 +223,7 @@ class EarlyBirdStopping(keras.callbacks.Callback):
 
 
 class GradualPruning(keras.callbacks.Callback):
-    """Prunes a wrapped model step by step while it trains (gradual magnitude pruning, Zhu & Gupta, 2017).
+    """Prunes a masked model step by step while it trains (gradual magnitude pruning, Zhu & Gupta, 2017).
 
     Starting from the masks the model has when training begins, it prunes every
     `every` steps until step `iterations`, after which training goes on with
@@ -270,7 +277,7 @@ class GradualPruning(keras.callbacks.Callback):
             raise ValueError(f"Gradual pruning over {self.iterations} steps needs at least that long a training "
                              f"run; this one has {steps * epochs}. Train longer, or prune over fewer steps.")
         self._initial = masking.get_prunable_weights(self.model)
-        self._output_layer = list(masking.masked_layers(self.model))[-1]
+        self._output_layer = masking.output_layer(self.model)
         self._first_step = int(self.model.optimizer.iterations.numpy())
         self._pruned_at, self.steps = 0, []
 

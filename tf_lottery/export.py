@@ -3,9 +3,9 @@
     tf_lottery.export.export_saved_model(ticket, "out/saved_model", representative_data=x[:500])
     tf_lottery.export.export_tflite(ticket, "out/int8.tflite", quantize="int8", representative_data=x[:500])
 
-Both take a wrapped or a plain Keras model of one input and one output; a
-wrapped one is stripped first (`tf_lottery.strip`), so pruned weights are
-exactly zero in every file. TFLite files are converted with TFLite's sparsity
+Both take a masked or a plain Keras model; a masked one's pruned weights are
+zeroed first (`tf_lottery.apply_masks`), so they are exactly zero in every
+file. Its masks live beside the model, not in it, so no file holds them. TFLite files are converted with TFLite's sparsity
 optimization (`sparse=True`, `tf.lite.Optimize.EXPERIMENTAL_SPARSITY`), which
 stores weight tensors with many zeros in a sparse format (values plus an
 index per nonzero): the file is smaller (`benchmarks/export_size.py` measures
@@ -90,7 +90,8 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
-from tf_lottery import masking, pruning, storage, tflite_file, tfmot_bridge
+from tf_lottery import masking, parity, pruning, registry, storage, tflite_file, tfmot_bridge, weights
+from tf_lottery.parity import PARITY_SAMPLES, TOLERANCES, ParityError  # noqa: F401 (part of this module's API)
 
 REPORT_NAME = "export_report.json"
 QUANTIZE_MODES = (None, "dynamic", "int8", "pqat")
@@ -118,23 +119,8 @@ VARIANTS = {
     "pqat": {"quantize": "pqat", "sparse": True},
 }
 
-#: Parity tolerances per kind of file: the largest allowed max |file output -
-#: Keras output|, as a fraction of max |Keras output|, and the smallest allowed
-#: fraction of inputs on which both pick the same top-1 class.
-TOLERANCES = {
-    "saved_model": {"max_abs_diff": 1e-5, "top1_agreement": 0.99},
-    "float": {"max_abs_diff": 1e-4, "top1_agreement": 0.99},
-    "dynamic": {"max_abs_diff": 0.05, "top1_agreement": 0.97},
-    "int8": {"max_abs_diff": 0.2, "top1_agreement": 0.95},
-    "pqat": {"max_abs_diff": 0.2, "top1_agreement": 0.95},
-}
-PARITY_SAMPLES = 1000
 CALIBRATION_SAMPLES = 500
 PQAT_EPOCHS = 3
-
-
-class ParityError(ValueError):
-    """An exported file's outputs differ from the Keras model's beyond `TOLERANCES`."""
 
 
 class BlockSparsityWarning(UserWarning):
@@ -142,42 +128,50 @@ class BlockSparsityWarning(UserWarning):
 
 
 def export_saved_model(model, path, *, representative_data=None):
-    """Strips `model` and writes it as a SavedModel folder at `path`.
+    """Writes `model` as a SavedModel folder at `path` (a masked one with its pruned weights zeroed).
 
     `tf.saved_model.load(path)` serves it through the signature
     `serving_default` (and the function `serve`).
 
     Args:
-        model: a wrapped or plain Keras model with one input and one output.
+        model: a masked or plain Keras model with one output.
         path: the SavedModel folder; an existing one is replaced.
-        representative_data: real inputs (an array of a batch of them) for the
-            parity check; without them the check is skipped with a warning.
+        representative_data: real inputs for the parity check (a batch of
+            them, or `{input name: batch}` for a model of several inputs; see
+            `tf_lottery.parity`); without them the check is skipped with a
+            warning.
 
     Returns:
         The file's entry in `export_report.json`.
     """
     plain = _plain(model)
-    data = _as_inputs(plain, representative_data)
+    data = parity.inputs_of(plain, representative_data)
     with _atomic_folder(path) as temporary:
         plain.export(temporary, format="tf_saved_model", verbose=False)
         serve = tf.saved_model.load(temporary).signatures["serving_default"]
-        (name,) = serve.structured_input_signature[1]
-        parity = _parity(plain, lambda x: next(iter(serve(**{name: tf.constant(x)}).values())).numpy(),
-                         data, "saved_model")
-    return _record(path, {"format": "saved_model", "density": density(plain), **_sizes(path), "parity": parity})
+        names = list(serve.structured_input_signature[1])
+
+        def predict(x):
+            feeds = x if isinstance(x, dict) else {names[0]: x}
+            return next(iter(serve(**{name: tf.constant(value) for name, value in feeds.items()}).values())).numpy()
+
+        result = _parity(plain, predict, data, "saved_model")
+    return _record(path, {"format": "saved_model", "density": density(plain), **_sizes(path), "parity": result})
 
 
 def export_tflite(model, path, *, quantize=None, representative_data=None, sparse=True, pqat_epochs=PQAT_EPOCHS,
                   block="auto"):
-    """Strips `model` and writes it as a TFLite file at `path`.
+    """Writes `model` as a TFLite file at `path` (a masked one with its pruned weights zeroed).
 
     Args:
-        model: a wrapped or plain Keras model with one input and one output.
+        model: a masked or plain Keras model with one output (and one input
+            for `"pqat"`).
         path: the `.tflite` file; an existing one is replaced.
         quantize: `None`, `"dynamic"`, `"int8"` or `"pqat"` (see the module
             docstring), or `"fastest"`: the one `FASTEST_QUANTIZE` gives for
             the ticket's block structure (`block`).
-        representative_data: real inputs, a few hundred or more: calibration
+        representative_data: real inputs, a few hundred or more (a batch, or
+            `{input name: batch}` for a model of several inputs): calibration
             data for `"int8"`, fine-tuning data for `"pqat"` (both need them),
             and the parity check's inputs.
         sparse: store mostly-zero weight tensors in TFLite's sparse format.
@@ -201,7 +195,10 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
             if requested == FASTEST else f"quantize={quantize!r}"
         raise ValueError(f"{chosen} needs representative_data: a few hundred real inputs, "
                          "e.g. representative_data=x_train[:500].")
-    data = _as_inputs(plain, representative_data)
+    data = parity.inputs_of(plain, representative_data)
+    if quantize == "pqat" and len(plain.inputs) > 1:
+        raise ValueError(f"quantize='pqat' handles models of one input; model '{plain.name}' has "
+                         f"{len(plain.inputs)}. Use quantize='int8' or 'dynamic'.")
     kernel_width = KERNEL_BLOCKS[quantize][1]
     # TFLite's block-sparse kernels need whole blocks: pad the inputs of the layers they would run.
     converted, padded, widened = _pad_dense_inputs(plain, kernel_width, standard_layers=quantize == "pqat") \
@@ -217,18 +214,16 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
             [tf.lite.Optimize.EXPERIMENTAL_SPARSITY] if sparse else [])
         if quantize == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.representative_dataset = lambda: ([x[None]] for x in data[:CALIBRATION_SAMPLES])
-        with warnings.catch_warnings():  # A QAT model carries its input ranges; TFLite warns all the same.
-            warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
-            content = converter.convert()
+            converter.representative_dataset = lambda: _calibration_samples(data)
+        content = _convert(converter, plain, sparse)
     with storage.atomic_path(path, ".tflite") as temporary:
         with open(temporary, "wb") as f:
             f.write(content)
         interpreter = load_interpreter(temporary)
-        parity = _parity(plain, lambda x: run_tflite(interpreter, x), data, quantize or "float")
+        result = _parity(plain, lambda x: run_tflite(interpreter, x), data, quantize or "float")
     sparse_tensors = sum(bool(t["sparsity_parameters"]) for t in interpreter.get_tensor_details())
-    weights = _name_layers(tflite_file.weight_storage(content), plain, padded, widened)
-    check = _block_check(weights, block if sparse else None, quantize)
+    stored = _name_layers(tflite_file.weight_storage(content), plain, padded, widened)
+    check = _block_check(stored, block if sparse else None, quantize)
     if check["met"] is False:
         warnings.warn(f"{os.fspath(path)} does not store all its fully-connected weights in the blocks TFLite's "
                       "sparse kernels read, so those run at dense speed: " + "; ".join(check["problems"]),
@@ -237,7 +232,22 @@ def export_tflite(model, path, *, quantize=None, representative_data=None, spars
                           "sparse": sparse, "density": density(plain), "block": list(block) if block else None,
                           **_sizes(path), "sparse_tensors": sparse_tensors, "padded_inputs": padded,
                           "widened_outputs": widened,
-                          "block_sparse_check": check, "weights": weights, "parity": parity})
+                          "block_sparse_check": check, "weights": stored, "parity": result})
+
+
+def _convert(converter, model, sparse):
+    """`converter.convert()`, with an error that names the fix when TFLite's converter fails."""
+    with warnings.catch_warnings():  # A QAT model carries its input ranges; TFLite warns all the same.
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        try:
+            return converter.convert()
+        except Exception as error:  # The converter raises bare RuntimeErrors and prints its reasons itself.
+            reason = f"{type(error).__name__}: {error}".rstrip(": ") + " (the converter's log above says more)"
+            fix = ("Export it with sparse=False: the weights are then stored dense, with the same outputs. "
+                   if sparse else "") + "Its SavedModel (export_saved_model) serves it with TensorFlow."
+            raise ValueError(f"TFLite's converter cannot convert model '{model.name}'"
+                             f"{' with its sparsity optimization (sparse=True)' if sparse else ''}: {reason}. "
+                             f"{fix}") from error
 
 
 def block_structure(model):
@@ -259,8 +269,26 @@ def _block_name(block):
 
 def _dense_kernels(plain):
     """`{layer name: kernel}` of the Dense layers of a plain model (nested models included)."""
-    return {prefix + layer.name: keras.ops.convert_to_numpy(layer.kernel) for prefix, layer in masking.walk_layers(plain)
+    return {prefix + layer.name: keras.ops.convert_to_numpy(layer.kernel) for prefix, layer in _leaf_layers(plain)
             if isinstance(layer, keras.layers.Dense) and len(layer.kernel.shape) == 2}
+
+
+def _leaf_layers(model, prefix=""):
+    """Yields `(prefix, layer)` for every layer of `model` but nested models, which add `"<name>/"` to the prefix."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer, f"{prefix}{layer.name}/")
+        else:
+            yield prefix, layer
+
+
+def _fresh_copy(layer):
+    """A new, built, untrained layer of `layer`'s class and configuration."""
+    copy = layer.__class__.from_config(layer.get_config())
+    build_config = layer.get_build_config()
+    if build_config:
+        copy.build_from_config(build_config)
+    return copy
 
 
 def _in_blocks(kernel, width):
@@ -363,7 +391,7 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
     """
     targets, widened = {}, {}  # id(layer) -> (name, inputs, padded inputs); id(producer) -> (name, units, widened)
     model_outputs = {id(output) for model in _models(plain) for output in model.outputs}
-    for prefix, layer in masking.walk_layers(plain):
+    for prefix, layer in _leaf_layers(plain):
         if not (_simple_dense(layer) and len(layer.input.shape) == 2):
             continue
         kernel = keras.ops.convert_to_numpy(layer.kernel)
@@ -406,7 +434,7 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
                     fed_wide = len(parent) == 1 and id(parent[0].operation) in widened
                     made[id(layer)] = padded_call(copy, kernel.shape[0], rows) if rows and not fed_wide else copy
                 else:
-                    copy = masking.fresh_copy(layer)
+                    copy = _fresh_copy(layer)
                     copies.append((copy, layer.get_weights()))
                     made[id(layer)] = copy
             return made[id(layer)]
@@ -417,26 +445,26 @@ def _pad_dense_inputs(plain, width, *, standard_layers=False):
         return keras.Model(inputs, outputs, name=model.name)
 
     padded = rebuild(plain)
-    for copy, weights in copies:
-        copy.set_weights(weights)
+    for copy, values in copies:
+        copy.set_weights(values)
     return (padded, {name: [inputs, size] for name, inputs, size in targets.values()},
             {name: [units, size] for name, units, size in widened.values()})
 
 
-def _name_layers(weights, plain, padded, widened):
+def _name_layers(stored, plain, padded, widened):
     """Adds `layer`: the Dense layer whose kernel a FULLY_CONNECTED weight is, when its shape tells it uniquely."""
     by_shape = {}
     for name, kernel in _dense_kernels(plain).items():
         inputs = padded[name][1] if name in padded else kernel.shape[0]
         units = widened[name][1] if name in widened else kernel.shape[1]
         by_shape.setdefault((units, inputs), []).append(name)
-    for weight in weights:
+    for weight in stored:
         names = by_shape.get(tuple(weight["shape"]), []) if weight["op"] == "FULLY_CONNECTED" else []
         weight["layer"] = names[0] if len(names) == 1 else None
-    return weights
+    return stored
 
 
-def _block_check(weights, block, quantize):
+def _block_check(stored, block, quantize):
     """Whether every FULLY_CONNECTED weight is stored as a ticket in `block`s allows; sets each one's `expected_block`.
 
     A weight can be expected in the block of the kernel for its stored type
@@ -445,7 +473,7 @@ def _block_check(weights, block, quantize):
     `met` is `None` when no weight can be expected in blocks.
     """
     problems, checked = [], 0
-    for weight in weights:
+    for weight in stored:
         expected = STORED_BLOCKS.get(weight["dtype"]) if weight["op"] == "FULLY_CONNECTED" and block else None
         weight["expected_block"] = list(expected) if expected and block[1] % expected[1] == 0 else None
         if weight["expected_block"] is None:
@@ -483,7 +511,10 @@ def load_interpreter(path, *, preserve_all_tensors=False, num_threads=None):
 
 
 def run_tflite(interpreter, x):
-    """The output of a one-input, one-output LiteRT interpreter for the batch `x`."""
+    """The output of a one-output LiteRT interpreter for the batch `x` (`{input name: batch}` for several inputs)."""
+    if isinstance(x, dict):
+        (output,) = interpreter.get_signature_runner()(**x).values()
+        return output.copy()
     (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
     if tuple(inputs["shape"]) != x.shape:
         interpreter.resize_tensor_input(inputs["index"], x.shape)
@@ -494,15 +525,20 @@ def run_tflite(interpreter, x):
 
 
 def density(model):
-    """The fraction of nonzero entries in the prunable weights (see `register_prunable`) of a plain or wrapped model."""
-    values = [masking.resolve_weight(layer, path).numpy() for _, layer in masking.walk_layers(_plain(model))
-              for path in masking.prunable_weight_names(layer) or ()]
+    """The fraction of nonzero entries in the masked weights of a masked model, or the prunable ones of a plain model.
+
+    A plain model's prunable weights are those `tf_lottery.mask` would mask by default.
+    """
+    if masking.is_masked(model):
+        values = list(masking.get_prunable_weights(_plain(model)).values())
+    else:
+        values = [variable.numpy() for variable in registry.find_prunable(model).weights.values()]
     total = sum(value.size for value in values)
     return sum(int(np.count_nonzero(value)) for value in values) / total if total else 1.0
 
 
 def load_ticket(run_dir, round_index):
-    """The wrapped, trained model of round `round_index` of a ticket search in `run_dir`.
+    """The masked, trained model of round `round_index` of a ticket search in `run_dir`.
 
     The model is `best_ticket.keras` of the run, with the masks and trained
     weights of the round (`round_NNN/masks.npz`, `trained_weights.npz`).
@@ -511,56 +547,38 @@ def load_ticket(run_dir, round_index):
     if not os.path.exists(ticket):
         raise FileNotFoundError(f"{run_dir} has no best_ticket.keras, which a search writes when it ends. "
                                 "Finish the run first (examples/find_ticket.py --resume).")
-    model = keras.models.load_model(ticket)
+    model = masking.load_model(ticket)
     folder = os.path.join(run_dir, f"round_{round_index:03d}")
     masking.set_masks(model, storage.read_arrays(os.path.join(folder, "masks.npz")))
-    masking.set_weight_values(model, storage.read_arrays(os.path.join(folder, "trained_weights.npz")))
+    weights.restore(model, storage.read_arrays(os.path.join(folder, "trained_weights.npz")))
     return model
 
 
 def _plain(model):
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(f"tf_lottery.export handles models of one input and one output; model '{model.name}' "
-                         f"has {len(model.inputs)} and {len(model.outputs)}.")
-    if any(isinstance(layer, masking.Masked) for _, layer in masking.walk_layers(model)):
-        return masking.strip(model)
+    """`model` as the plain network it exports to: a masked model's pruned weights zeroed (its masks stay beside it)."""
+    if len(model.outputs) != 1:
+        raise ValueError(f"tf_lottery.export handles models of one output; model '{model.name}' has "
+                         f"{len(model.outputs)}. Export a model that returns the output to serve, e.g. "
+                         "keras.Model(model.inputs, model.outputs[0]).")
+    if masking.is_masked(model):
+        masking.apply_masks(model)
     return model
 
 
-def _as_inputs(model, data):
-    if data is None:
-        return None
-    data = np.asarray(data, dtype=model.inputs[0].dtype)
-    if data.shape[1:] != tuple(model.inputs[0].shape[1:]) or not len(data):
-        raise ValueError(f"representative_data must be a batch of the model's inputs, of shape "
-                         f"(N, {', '.join(map(str, model.inputs[0].shape[1:]))}); got shape {data.shape}.")
-    return data
-
-
 def _parity(model, predict, data, kind):
-    """Compares `predict(x)` with `model(x)`; raises `ParityError` beyond `TOLERANCES[kind]`."""
+    """`parity.check`, or a warning and `None` without representative data."""
     if data is None:
         warnings.warn(f"No parity check for this {kind} export: pass representative_data (a few hundred real "
                       "inputs) to compare the file with the Keras model.", stacklevel=3)
         return None
-    x = data[:PARITY_SAMPLES]
-    # Eager calls: model.predict would trace a new function for every exported copy.
-    expected = np.concatenate([keras.ops.convert_to_numpy(model(x[i:i + 256], training=False))
-                               for i in range(0, len(x), 256)])
-    actual = predict(x)
-    tolerance = TOLERANCES[kind]
-    scale = float(np.abs(expected).max()) or 1.0
-    result = {"samples": len(x), "max_abs_diff": float(np.abs(actual - expected).max()), "output_scale": scale,
-              "top1_agreement": float(np.mean(actual.argmax(-1) == expected.argmax(-1))), "tolerance": tolerance}
-    if result["max_abs_diff"] > tolerance["max_abs_diff"] * scale or \
-            result["top1_agreement"] < tolerance["top1_agreement"]:
-        raise ParityError(
-            f"The {kind} export differs from the Keras model on {len(x)} inputs: max |difference| "
-            f"{result['max_abs_diff']:.3g} (allowed {tolerance['max_abs_diff'] * scale:.3g}), top-1 agreement "
-            f"{result['top1_agreement']:.2%} (needed {tolerance['top1_agreement']:.0%}). The file was not written. "
-            "Check that representative_data are real inputs preprocessed as in training; for int8, pass more of "
-            "them or use quantize='pqat' or 'dynamic'.")
-    return result
+    return parity.check(model, predict, data, kind)
+
+
+def _calibration_samples(data):
+    """Single inputs of `data` for the int8 converter's calibration, as lists (one input) or dicts (several)."""
+    for index in range(min(parity.count(data), CALIBRATION_SAMPLES)):
+        sample = parity.take(data, index, index + 1)
+        yield sample if isinstance(sample, dict) else [sample]
 
 
 @contextlib.contextmanager

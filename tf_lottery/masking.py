@@ -1,115 +1,43 @@
-"""Masked layers: one non-trainable 0/1 mask per prunable weight.
+"""Masks on any built Keras model, in place: one boolean mask per prunable weight.
 
-`Masked` wraps a Keras layer. It applies its masks in the forward pass (the
-wrapped layer reads `weight * mask` inside a `keras.StatelessScope`) and
-installs a constraint on each masked weight, so every optimizer step ends with
-`weight = weight * mask` inside the compiled train step. Pruned weights are
-therefore exactly zero in the variables themselves, whatever the optimizer
-(momentum, Adam moments, weight decay) would otherwise do to them.
+`mask(model)` finds every registered prunable weight of the model wherever it
+sits (see `tf_lottery.registry`), gives it a boolean mask variable (one byte
+per weight, all ones to start), and installs a constraint on the weight that
+zeroes its pruned entries. Keras optimizers apply every variable's constraint
+after each update, in `fit` and in `optimizer.apply_gradients` of a custom
+loop, under `jit_compile` too, so pruned weights are exactly zero in the
+variables themselves after every step, whatever momentum, Adam moments or
+weight decay would do to them. The forward pass is the model's own: masking
+adds no work to it, and no layer is wrapped or cloned.
 
-A mask key names one masked weight: `"<layer name>/<weight path>"`, e.g.
-`"dense/kernel"` or `"lstm/cell.recurrent_kernel"`; layers inside nested models
-are prefixed with the nested model's name (`"encoder/dense/kernel"`).
+A mask key is the Keras variable path of its weight, e.g. `"dense/kernel"` or
+`"transformer_layer_0/self_attention_layer/query/kernel"`.
+
+The masks live beside the model rather than in it: `model.weights`,
+`get_weights()`, `summary()` and exported SavedModels are those of the plain
+model. `model.save()` and `save_weights()` write the masks too;
+`load_model` restores them (plain `keras.saving.load_model` ignores them and
+returns the plain model, pruned weights at zero).
 """
 
+import contextlib
+import json
 import warnings
 
 import keras
 import numpy as np
 from keras import ops
-# Keras exports neither the accessor for the active StatelessScope nor the
-# Functional class that tells clonable models from subclassed ones.
-from keras.src.backend import get_stateless_scope
-from keras.src.models.functional import Functional
 
-_REGISTRY = {}
+from tf_lottery.registry import DENSE_BY_DEFAULT, find_prunable, registration_hint, weights_by_path
 
-# Layers whose weights are never pruned, so they do not trigger the
-# "left dense" warning: normalization layers (their weights are scales and
-# offsets, not connections).
-_DENSE_BY_DESIGN = (
-    keras.layers.BatchNormalization,
-    keras.layers.LayerNormalization,
-    keras.layers.GroupNormalization,
-    keras.layers.Normalization,
-)
-
-
-def register_prunable(layer_class, weights):
-    """Declares which weights of `layer_class` are prunable.
-
-    Args:
-        layer_class: a subclass of `keras.layers.Layer`. Subclasses of it are
-            covered too, unless they have an entry of their own.
-        weights: attribute paths of the prunable weights, relative to the layer,
-            e.g. `("kernel",)` or `("cell.kernel", "cell.recurrent_kernel")`.
-    """
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
-        raise TypeError(f"register_prunable expects a keras.layers.Layer subclass, got {layer_class!r}.")
-    weights = (weights,) if isinstance(weights, str) else tuple(weights)
-    if not weights or not all(isinstance(w, str) and w for w in weights):
-        raise ValueError(
-            f"register_prunable({layer_class.__name__}, weights=...) needs a non-empty sequence of "
-            f"attribute names such as ('kernel',); got {weights!r}."
-        )
-    _REGISTRY[layer_class] = weights
-
-
-def _register_defaults():
-    layers = keras.layers
-    for cls in (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.Conv2DTranspose,
-                layers.DepthwiseConv2D, layers.EinsumDense):
-        register_prunable(cls, ("kernel",))
-    register_prunable(layers.SeparableConv2D, ("depthwise_kernel", "pointwise_kernel"))
-    register_prunable(layers.Embedding, ("embeddings",))
-    register_prunable(layers.MultiHeadAttention, tuple(
-        f"{projection}_dense.kernel" for projection in ("query", "key", "value", "output")))
-    for cls in (layers.SimpleRNN, layers.LSTM, layers.GRU):
-        register_prunable(cls, ("cell.kernel", "cell.recurrent_kernel"))
-
-
-_register_defaults()
-
-
-def prunable_weight_names(layer, registry=None):
-    """The registered prunable weight paths of `layer`, or `None` if its class is unregistered.
-
-    `registry` (a mapping from layer class to weight paths) takes precedence over
-    the global registry.
-    """
-    for cls in type(layer).__mro__:
-        if registry and cls in registry:
-            return tuple(registry[cls])
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    return None
-
-
-def resolve_weight(layer, path):
-    """The variable at dotted attribute `path` of `layer` (e.g. `"cell.kernel"`); raises if none."""
-    obj = layer
-    for attribute in path.split("."):
-        obj = getattr(obj, attribute, None)
-    if not isinstance(obj, keras.Variable):
-        raise ValueError(
-            f"Layer '{layer.name}' ({type(layer).__name__}) has no weight variable at '{path}'. "
-            f"Register the right attribute paths with "
-            f"tf_lottery.register_prunable({type(layer).__name__}, weights=(...))."
-        )
-    return obj
-
-
-def _write(variable, value):
-    """Assigns `value`, or records it in the enclosing StatelessScope if there is one."""
-    scope = get_stateless_scope()
-    if scope is not None:
-        scope.add_update((variable, value))
-    else:
-        variable.assign(value)
+# The model attribute that holds its masks. It is set without Keras' attribute
+# tracking, so the masks stay out of `model.weights`; Keras saving still finds
+# them, as it walks every attribute that can be saved.
+_ATTRIBUTE = "_tf_lottery_masks"
 
 
 class _MaskConstraint(keras.constraints.Constraint):
-    """Multiplies a weight by its mask after the layer's own constraint, if any."""
+    """Zeroes the pruned entries of a weight after the weight's own constraint, if any."""
 
     def __init__(self, mask, inner=None):
         self.mask = mask
@@ -118,253 +46,295 @@ class _MaskConstraint(keras.constraints.Constraint):
     def __call__(self, weight):
         if self.inner is not None:
             weight = self.inner(weight)
-        return weight * ops.cast(self.mask, weight.dtype)
+        return ops.where(self.mask, weight, 0.0)
 
 
-@keras.saving.register_keras_serializable(package="tf_lottery")
-class Masked(keras.layers.Wrapper):
-    """Wraps a layer and holds one non-trainable 0/1 mask per prunable weight.
+def _write_masks(store, keys, arrays):
+    store["keys"] = np.frombuffer(json.dumps(list(keys)).encode(), np.uint8)
+    for index, array in enumerate(arrays):
+        store[str(index)] = array
+
+
+def _read_masks(store):
+    """`{key: bool array}` from a store written by `_write_masks`; `None` if it holds no masks."""
+    if "keys" not in store.keys():
+        return None
+    keys = json.loads(np.asarray(store["keys"], np.uint8).tobytes().decode())
+    return {key: np.asarray(store[str(index)], bool) for index, key in enumerate(keys)}
+
+
+def _strategy_scope(variable):
+    """The scope of the `tf.distribute` strategy that holds `variable` (a null context outside one)."""
+    strategy = getattr(variable.value, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+class _MaskSet(keras.layers.Layer):
+    """The mask variables of one model, in the order of their keys; saved and loaded with the model."""
+
+    def __init__(self, weights):
+        super().__init__(name="tf_lottery_masks", trainable=False)
+        self.mask_keys = tuple(weights)
+        with _strategy_scope(next(iter(weights.values()))):
+            # Replicas never write masks themselves: they are set from the host between steps.
+            self.masks = [self.add_weight(shape=weight.shape, dtype="bool", initializer="ones", trainable=False,
+                                          aggregation="only_first_replica", name=f"mask_{index}")
+                          for index, weight in enumerate(weights.values())]
+
+    def save_own_variables(self, store):
+        _write_masks(store, self.mask_keys, (mask.numpy() for mask in self.masks))
+
+    def load_own_variables(self, store):
+        loaded = _read_masks(store)
+        if loaded is None:  # Weights saved without masks: the masks stay as they are.
+            return
+        if list(loaded) != list(self.mask_keys):
+            raise ValueError(f"The file holds masks for other weights ({_difference(self.mask_keys, loaded)}): "
+                             "it was saved from another model.")
+        for mask, value in zip(self.masks, loaded.values()):
+            mask.assign(value)
+
+
+class _MaskReader(keras.layers.Layer):
+    """Reads the masks of a saved model without knowing their keys beforehand (see `load_model`)."""
+
+    def __init__(self):
+        super().__init__(name="tf_lottery_masks", trainable=False)
+        self.loaded = None
+
+    def load_own_variables(self, store):
+        self.loaded = _read_masks(store)
+
+
+def _difference(expected, given):
+    missing, unknown = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    return f"missing {missing}, unknown {unknown}"
+
+
+def is_masked(model):
+    """Whether `model` has masks (see `mask`)."""
+    return isinstance(getattr(model, _ATTRIBUTE, None), _MaskSet)
+
+
+def mask(model, *, skip=DENSE_BY_DEFAULT, registry=None):
+    """Masks `model` in place: every registered prunable weight gets a mask of ones.
+
+    Works for any built Keras 3 model: Sequential, functional, subclassed,
+    nested, with custom layers holding sublayers at any depth (keras-hub
+    backbones and task models, `keras.applications`). The model keeps its
+    weights, pretrained or not: they are the rewind point of a
+    `LotteryCallback(rewind_at=0)` that starts training it.
+
+    By default the kernels of dense, convolution, `EinsumDense` and attention
+    layers, recurrent kernels and token embeddings are masked (see
+    `register_prunable`); biases, normalization weights and position and
+    segment embeddings stay dense. Layers with trainable weights the registry
+    does not know are left dense and listed in one warning, with the
+    `register_prunable` call that would cover them.
+
+    Pruned weights are zeroed after every optimizer step; after changing
+    weights any other way (`set_weights`, `assign`), call `apply_masks`.
 
     Args:
-        layer: the layer to wrap. Layers whose `build` takes several shapes
-            (e.g. `MultiHeadAttention`) must be built before they are wrapped;
-            `tf_lottery.wrap` does this for you.
-        weight_names: attribute paths of the weights to mask. Defaults to the
-            registry's entry for the layer's class (see `register_prunable`).
-        **kwargs: passed to `keras.layers.Layer`; the default name is
-            `"masked_<layer name>"`.
+        model: a built `keras.Model`.
+        skip: fnmatch patterns of weights to leave dense, matched against each
+            weight's variable path or a run of its components, so a layer name
+            skips that layer wherever it sits (`"classifier"`), and a glob
+            matches whole paths (`"*/query/*"`). Defaults to
+            `tf_lottery.DENSE_BY_DEFAULT` (position and segment embeddings);
+            extend it to keep those dense too
+            (`skip=(*tf_lottery.DENSE_BY_DEFAULT, "classifier")`), or pass `()`
+            to mask every registered weight.
+        registry: optional `{layer class: weight paths}` that extends and
+            overrides the global registry, e.g. `{keras.layers.Dense: ("kernel",
+            "bias")}` to mask biases too.
+
+    Returns:
+        `model`, now masked.
     """
-
-    def __init__(self, layer, weight_names=None, **kwargs):
-        if weight_names is None:
-            weight_names = prunable_weight_names(layer)
-            if weight_names is None:
-                raise ValueError(
-                    f"Layer '{layer.name}' ({type(layer).__name__}) has no registered prunable weights. "
-                    f"Register them first, e.g. tf_lottery.register_prunable({type(layer).__name__}, "
-                    f"weights=('kernel',)), or pass Masked(layer, weight_names=('kernel',))."
-                )
-        kwargs.setdefault("name", f"masked_{layer.name}")
-        super().__init__(layer, **kwargs)
-        self.weight_names = tuple(weight_names)
-        self._targets = []
-        self._masks = []
-
-    def build(self, input_shape=None):
-        if not self.layer.built:
-            self.layer.build(input_shape)
-        self._create_masks()
-        self.built = True
-
-    def get_build_config(self):
-        return self.layer.get_build_config()
-
-    def build_from_config(self, config):
-        if not self.layer.built and config:
-            self.layer.build_from_config(config)
-        self.build()
-
-    def _create_masks(self):
-        if self._masks:
-            return
-        self._targets = [resolve_weight(self.layer, path) for path in self.weight_names]
-        for path, target in zip(self.weight_names, self._targets):
-            mask = self.add_weight(
-                name=f"{path.replace('.', '_')}_mask",
-                shape=target.shape,
-                dtype=target.dtype,
-                initializer="ones",
-                trainable=False,
-                autocast=False,
-                aggregation="only_first_replica",
-            )
-            target.constraint = _MaskConstraint(mask, target.constraint)
-            self._masks.append(mask)
-
-    @property
-    def masks(self):
-        """`{weight path: mask variable}` for the wrapped layer."""
-        return dict(zip(self.weight_names, self._masks))
-
-    @property
-    def masked_weights(self):
-        """`{weight path: weight variable}` of the weights this wrapper masks."""
-        return dict(zip(self.weight_names, self._targets))
-
-    def apply_masks(self):
-        """Sets every pruned weight of the wrapped layer to exactly zero."""
-        for target, mask in zip(self._targets, self._masks):
-            target.assign(target * ops.cast(mask, target.dtype))
-
-    def call(self, inputs, *args, **kwargs):
-        masked = {id(t): t.value * ops.cast(m, t.dtype) for t, m in zip(self._targets, self._masks)}
-        # Every variable of the wrapped layer is mapped, so an enclosing
-        # StatelessScope (if any) still provides the values it holds.
-        given = {id(v): masked.get(id(v), v.value) for v in self.layer.variables}
-        mapping = [(v, given[id(v)]) for v in self.layer.variables]
-        with keras.StatelessScope(mapping, collect_losses=True) as scope:
-            outputs = self.layer(inputs, *args, **kwargs)
-        for variable in self.layer.variables:
-            updated = scope.get_current_value(variable)
-            if id(variable) not in masked and updated is not given[id(variable)]:
-                _write(variable, updated)
-        for loss in scope.losses:
-            self.add_loss(loss)
-        return outputs
-
-    def get_config(self):
-        return {**super().get_config(), "weight_names": list(self.weight_names)}
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"tf_lottery.mask expects a keras.Model, got {model!r}.")
+    if not model.built:
+        raise ValueError(f"Model '{model.name}' is not built: call it on a batch of data (or build it) before "
+                         "masking it, so that its weights exist.")
+    if is_masked(model):
+        raise ValueError(f"Model '{model.name}' is already masked. tf_lottery.strip(model) removes its masks.")
+    found = find_prunable(model, skip, registry)
+    if not found.weights:
+        raise ValueError(f"Model '{model.name}' has no prunable weights: none of its layers is registered (or all "
+                         "are skipped). Register your layers with tf_lottery.register_prunable(LayerClass, "
+                         "weights=(...)).")
+    shared = sorted(key for key, weight in found.weights.items() if isinstance(weight.constraint, _MaskConstraint))
+    if shared:
+        raise ValueError(f"Weights {shared} of model '{model.name}' are already masked through another model that "
+                         "shares its layers. Mask one of the two models, or strip the other first.")
+    if found.unregistered:
+        listed = "; ".join(f"'{layer.path or layer.name}' ({type(layer).__name__}): {sorted(paths.values())}, "
+                           f"covered by {registration_hint(layer, paths)}" for layer, paths in found.unregistered)
+        warnings.warn(f"tf_lottery.mask left these layers dense because no prunable weights are registered for "
+                      f"them: {listed}. Register them before masking to prune them.", stacklevel=2)
+    _attach(model, found.weights)
+    return model
 
 
-def _is_container(layer):
-    return isinstance(layer, keras.Model)
+def _attach(model, weights):
+    mask_set = _MaskSet(weights)
+    for weight, mask_variable in zip(weights.values(), mask_set.masks):
+        weight.constraint = _MaskConstraint(mask_variable, weight.constraint)
+    object.__setattr__(model, _ATTRIBUTE, mask_set)
 
 
-def walk_layers(model, prefix=""):
-    """Yields `(prefix, layer)` for every leaf layer; nested models add `"<name>/"` to the prefix."""
-    for layer in model.layers:
-        if _is_container(layer):
-            yield from walk_layers(layer, f"{prefix}{layer.name}/")
-        else:
-            yield prefix, layer
+def _mask_set(model):
+    if model is None or not is_masked(model):
+        name = f"Model '{model.name}'" if isinstance(model, keras.Model) else f"{model!r}"
+        raise ValueError(f"{name} has no masks. Mask it first: tf_lottery.mask(model).")
+    return getattr(model, _ATTRIBUTE)
 
 
-def masked_layers(model):
-    """`{qualified layer name: Masked}` in model order; raises if `model` has none."""
-    found = {}
-    for prefix, layer in walk_layers(model):
-        if isinstance(layer, Masked):
-            found[prefix + layer.layer.name] = layer
-    if not found:
-        raise ValueError(
-            f"Model '{model.name}' has no tf_lottery.Masked layers. Wrap it first: "
-            "model = tf_lottery.wrap(model) (or wrap layers of a subclassed model with tf_lottery.Masked)."
-        )
-    return found
+def _items(model):
+    """`(key, mask variable, weight variable)` for every masked weight, in model order."""
+    mask_set = _mask_set(model)
+    weights = weights_by_path(model)
+    return [(key, mask, weights[key]) for key, mask in zip(mask_set.mask_keys, mask_set.masks)]
 
 
-def _masked_items(model):
-    for layer_name, layer in masked_layers(model).items():
-        for path in layer.weight_names:
-            yield f"{layer_name}/{path}", layer.masks[path], layer.masked_weights[path]
+def strip(model):
+    """Removes the masks of `model`, in place; pruned weights stay exactly zero. Returns `model`.
+
+    The result is the plain model: nothing of tf_lottery remains in it.
+    """
+    for _, mask_variable, weight in _items(model):
+        weight.assign(ops.where(mask_variable, weight, ops.zeros_like(weight)))
+        weight.constraint = weight.constraint.inner
+    object.__delattr__(model, _ATTRIBUTE)
+    return model
+
+
+def load_model(path, **kwargs):
+    """Loads a `.keras` file saved from a masked model, masks included.
+
+    Args:
+        path: the `.keras` file (`model.save(path)` of a masked model).
+        **kwargs: passed to `keras.saving.load_model` (e.g. `custom_objects`,
+            `compile`).
+    """
+    try:
+        model = keras.saving.load_model(path, **kwargs)
+    except TypeError as error:
+        if "tf_lottery>Masked" not in str(error):
+            raise
+        raise ValueError(f"{path} was saved by tf_lottery 0.1, whose Masked layers this version replaced with "
+                         "tf_lottery.mask (see 'Migrating from wrap and Masked' in the README). A search run "
+                         "rewrites its best_ticket.keras when resumed once (examples/find_ticket.py --resume).") \
+            from None
+    reader = _MaskReader()
+    object.__setattr__(model, _ATTRIBUTE, reader)
+    try:
+        with warnings.catch_warnings():  # Keras warns again about the optimizer it did not restore the first time.
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
+            model.load_weights(path)  # Everything again, and now the masks too.
+    finally:
+        object.__delattr__(model, _ATTRIBUTE)
+    if reader.loaded is None:
+        raise ValueError(f"{path} holds no masks: it was saved from a model that was not masked. Load it with "
+                         "keras.saving.load_model, then tf_lottery.mask(model).")
+    weights = weights_by_path(model)
+    unknown = sorted(set(reader.loaded) - set(weights))
+    if unknown:
+        raise ValueError(f"{path} holds masks for weights its model does not have: {unknown}.")
+    _attach(model, {key: weights[key] for key in reader.loaded})
+    set_masks(model, reader.loaded)
+    return model
 
 
 def get_masks(model):
-    """`{mask key: 0/1 float array}` for every masked weight of a wrapped model."""
-    return {key: np.asarray(mask.numpy()) for key, mask, _ in _masked_items(model)}
+    """`{mask key: 0/1 float32 array}` for every masked weight of `model`."""
+    return {key: mask.numpy().astype(np.float32) for key, mask, _ in _items(model)}
 
 
 def get_prunable_weights(model, weight_values=None):
-    """`{mask key: weight array}` for every masked weight of a wrapped model.
+    """`{mask key: weight array}` for every masked weight of `model`.
 
     Args:
-        model: a wrapped model.
-        weight_values: optional `get_weight_values` result (e.g. rewind
-            weights) to take the values from; default: the current values.
+        model: a masked model.
+        weight_values: optional `{variable path: array}` (e.g. rewind weights,
+            `tf_lottery.weights.snapshot`) to take the values from; default: the
+            current values.
     """
     if weight_values is None:
-        return {key: np.asarray(weight.numpy()) for key, _, weight in _masked_items(model)}
-    return {key: weight_values[weight.path] for key, _, weight in _masked_items(model)}
+        return {key: weight.numpy() for key, _, weight in _items(model)}
+    return {key: weight_values[key] for key, _, _ in _items(model)}
 
 
 def get_prunable_variables(model):
-    """`{mask key: weight variable}` for every masked weight of a wrapped model."""
-    return {key: weight for key, _, weight in _masked_items(model)}
+    """`{mask key: weight variable}` for every masked weight of `model`."""
+    return {key: weight for key, _, weight in _items(model)}
+
+
+def get_mask_variables(model):
+    """`{mask key: mask variable}` (boolean, one byte per weight) for every masked weight of `model`."""
+    return {key: mask for key, mask, _ in _items(model)}
 
 
 def layer_of(key):
-    """The qualified layer name of a mask key (`"encoder/dense/kernel"` -> `"encoder/dense"`)."""
+    """The layer path of a mask key (`"encoder/dense/kernel"` -> `"encoder/dense"`)."""
     return key.rsplit("/", 1)[0]
 
 
+def output_layer(model):
+    """The layer path of the last masked weight: the output layer that `PruningPlan.output_rate` applies to."""
+    return layer_of(_mask_set(model).mask_keys[-1])
+
+
 def set_masks(model, masks):
-    """Sets the masks of a wrapped model and zeroes the newly pruned weights.
+    """Sets the masks of `model` and zeroes the newly pruned weights.
 
     Args:
-        model: a model wrapped with `tf_lottery.wrap` (or holding `Masked` layers).
-        masks: `{mask key: array of 0/1}` with exactly the keys of `get_masks(model)`.
+        model: a masked model (see `mask`).
+        masks: `{mask key: array of 0/1 (or bool)}` with exactly the keys of
+            `get_masks(model)`.
     """
-    items = {key: (mask, weight) for key, mask, weight in _masked_items(model)}
-    missing, unknown = sorted(set(items) - set(masks)), sorted(set(masks) - set(items))
-    if missing or unknown:
-        raise ValueError(
-            f"These masks do not belong to model '{model.name}': missing {missing}, unknown {unknown}. "
-            "Pass the masks of this model (tf_lottery.get_masks(model) lists its keys)."
-        )
+    if masks is None:
+        raise ValueError("set_masks needs masks, {mask key: 0/1 array}; tf_lottery.get_masks(model) gives the "
+                         "model's current ones.")
+    items = _items(model)
+    keys = [key for key, _, _ in items]
+    if set(keys) != set(masks):
+        raise ValueError(f"These masks do not belong to model '{model.name}': {_difference(keys, masks)}. "
+                         "Pass the masks of this model (tf_lottery.get_masks(model) lists its keys).")
     checked = {}
-    for key, (mask, _) in items.items():
+    for key, mask_variable, _ in items:
         value = np.asarray(masks[key])
-        if value.shape != tuple(mask.shape):
-            raise ValueError(
-                f"Mask '{key}' has shape {value.shape}, but the weight has shape {tuple(mask.shape)}; "
-                "these masks come from another model or another input shape."
-            )
+        if value.shape != tuple(mask_variable.shape):
+            raise ValueError(f"Mask '{key}' has shape {value.shape}, but the weight has shape "
+                             f"{tuple(mask_variable.shape)}; these masks come from another model or another input "
+                             "shape.")
         if not np.isin(value, (0, 1)).all():
             raise ValueError(f"Mask '{key}' must hold only 0 and 1.")
-        checked[key] = value
-    for key, (mask, weight) in items.items():
-        mask.assign(checked[key].astype(mask.dtype))
-        weight.assign(weight * ops.cast(mask, weight.dtype))
+        checked[key] = value.astype(bool)
+    for key, mask_variable, weight in items:
+        mask_variable.assign(checked[key])
+        weight.assign(ops.where(mask_variable, weight, ops.zeros_like(weight)))
 
 
 def apply_masks(model):
-    """Sets every pruned weight of a wrapped model to exactly zero.
+    """Sets every pruned weight of `model` to exactly zero.
 
     Optimizer steps do this by themselves (each masked weight carries a mask
-    constraint); call it after changing weights any other way, e.g. in a custom
-    training loop that assigns variables directly.
+    constraint); call it after changing weights any other way, e.g. with
+    `set_weights` or by assigning variables in a custom training loop.
     """
-    for layer in masked_layers(model).values():
-        layer.apply_masks()
-
-
-def _mask_variable_ids(model):
-    return {id(mask) for layer in masked_layers(model).values() for mask in layer.masks.values()}
-
-
-def get_weight_values(model):
-    """`{variable path: array}` for every weight of a wrapped model except the masks.
-
-    This is the state that rewinding restores (see `LotteryCallback`).
-    """
-    masks = _mask_variable_ids(model)
-    values = {}
-    for variable in model.weights:
-        if id(variable) in masks:
-            continue
-        if variable.path in values:
-            raise ValueError(
-                f"Two weights of model '{model.name}' share the path '{variable.path}'; give the layers unique names."
-            )
-        values[variable.path] = np.asarray(variable.numpy())
-    return values
-
-
-def set_weight_values(model, values):
-    """Restores weights saved by `get_weight_values`, then re-applies the current masks."""
-    masks = _mask_variable_ids(model)
-    variables = {v.path: v for v in model.weights if id(v) not in masks}
-    if set(variables) != set(values):
-        raise ValueError(
-            f"These weights do not belong to model '{model.name}': missing "
-            f"{sorted(set(variables) - set(values))}, unknown {sorted(set(values) - set(variables))}."
-        )
-    for path, variable in variables.items():
-        if tuple(variable.shape) != np.shape(values[path]):
-            raise ValueError(
-                f"Weight '{path}' has shape {np.shape(values[path])}, the model expects {tuple(variable.shape)}."
-            )
-        variable.assign(values[path])
-    apply_masks(model)
+    for _, mask_variable, weight in _items(model):
+        weight.assign(ops.where(mask_variable, weight, ops.zeros_like(weight)))
 
 
 def density(masks):
     """The fraction of weights that survive in a `{key: mask}` dict, over all of its masks."""
-    return sum(float(mask.sum()) for mask in masks.values()) / sum(mask.size for mask in masks.values())
+    return sum(float(np.sum(mask)) for mask in masks.values()) / sum(np.size(mask) for mask in masks.values())
 
 
 def sparsity_report(model):
-    """Per-weight and global density of the masked weights of a wrapped model.
+    """Per-weight and global density of the masked weights of `model`.
 
     Returns:
         `{"layers": {mask key: {"total", "remaining", "density"}}, "total",
@@ -377,110 +347,3 @@ def sparsity_report(model):
     total = sum(entry["total"] for entry in layers.values())
     remaining = sum(entry["remaining"] for entry in layers.values())
     return {"layers": layers, "total": total, "remaining": remaining, "density": remaining / total}
-
-
-def _unprunable_with_weights(layer):
-    return bool(layer.trainable_weights) and not isinstance(layer, _DENSE_BY_DESIGN)
-
-
-def fresh_copy(layer):
-    """A new, built, untrained layer of `layer`'s class and configuration."""
-    copy = layer.__class__.from_config(layer.get_config())
-    build_config = layer.get_build_config()
-    if build_config:
-        copy.build_from_config(build_config)
-    return copy
-
-
-def _clone(model, clone_layer):
-    """Clones a Sequential/functional model (recursively) and copies every weight.
-
-    `clone_layer(layer) -> (new layer, weight source, weight target)`: after
-    cloning, the target layer receives the source layer's weights.
-    """
-    if not isinstance(model, (keras.Sequential, Functional)):
-        raise ValueError(
-            f"Model '{model.name}' is a subclassed model, which cannot be cloned. "
-            "Wrap its layers yourself with tf_lottery.Masked(layer) inside the model."
-        )
-    copies = []
-
-    def clone_function(layer):
-        if _is_container(layer) and not isinstance(layer, (keras.Sequential, Functional)):
-            raise ValueError(
-                f"Nested model '{layer.name}' is a subclassed model, which cannot be cloned. "
-                "Wrap its layers yourself with tf_lottery.Masked(layer) inside that model."
-            )
-        new, source, target = clone_layer(layer)
-        copies.append((source, target))
-        return new
-
-    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    for source, target in copies:
-        target.set_weights(source.get_weights())
-    return clone
-
-
-def wrap(model, *, skip=(), registry=None):
-    """Returns a clone of `model` with every prunable layer wrapped in `Masked`.
-
-    Weights are copied from `model`; every mask starts at ones. Works for
-    Sequential and functional models, including nested ones.
-
-    Args:
-        model: a built Sequential or functional `keras.Model`.
-        skip: names of layers to leave dense.
-        registry: optional `{layer class: weight paths}` that extends and
-            overrides the global registry (see `register_prunable`).
-
-    Layers with trainable weights that no registry entry covers (other than
-    normalization layers) are left dense and listed in one warning.
-    """
-    if not model.built:
-        raise ValueError(f"Model '{model.name}' is not built; call it on data or build it before wrap().")
-    skip = set(skip)
-    unknown_skips = skip - {layer.name for _, layer in walk_layers(model)}
-    if unknown_skips:
-        raise ValueError(f"skip names layers that model '{model.name}' does not have: {sorted(unknown_skips)}.")
-    left_dense = []
-
-    def clone_layer(layer):
-        copy = fresh_copy(layer)
-        if isinstance(layer, Masked):
-            raise ValueError(f"Model '{model.name}' is already wrapped (layer '{layer.name}').")
-        names = prunable_weight_names(layer, registry)
-        if names is None or layer.name in skip:
-            if names is None and _unprunable_with_weights(layer):
-                left_dense.append(f"{layer.name} ({type(layer).__name__})")
-            return copy, layer, copy
-        masked = Masked(copy, weight_names=names)
-        masked.build()
-        return masked, layer, copy
-
-    clone = _clone(model, clone_layer)
-    if left_dense:
-        warnings.warn(
-            "tf_lottery.wrap left these layers dense because no prunable weights are registered for "
-            f"them: {', '.join(left_dense)}. To prune them, call tf_lottery.register_prunable(LayerClass, "
-            "weights=(...)) first.",
-            stacklevel=2,
-        )
-    return clone
-
-
-def strip(model):
-    """Returns a plain copy of a wrapped model, with masks folded into the weights.
-
-    Pruned weights are exactly zero, and the copy computes the same outputs as
-    the wrapped model.
-    """
-    masked_layers(model)  # A clear error if the model is not wrapped.
-
-    def clone_layer(layer):
-        if isinstance(layer, Masked):
-            layer.apply_masks()
-            layer = layer.layer
-        copy = fresh_copy(layer)
-        return copy, layer, copy
-
-    return _clone(model, clone_layer)

@@ -36,12 +36,13 @@ class PruningPlan:
             prunes it at half the rate of the hidden layers. `None`: use `rate`.
             Each output unit keeps at least its best weight (or block), so no
             class is cut off from the network.
-        layer_rates: per-layer overrides, keyed by layer name (all its masked
-            weights) or by mask key (`"dense/kernel"`).
+        layer_rates: per-layer overrides, keyed by layer path (the mask key
+            without its weight name, e.g. `"dense"` or `"encoder/dense"`: all
+            its masked weights) or by mask key (`"dense/kernel"`).
         scope: `"layerwise"` ranks weights within each layer; `"global"` ranks
             all weights pruned at `rate` together (layers with their own rate,
             including the output layer, are still pruned within the layer).
-        skip: layer names (or mask keys) never pruned.
+        skip: layer paths (or mask keys) never pruned.
         target_density: global density at which a search stops; `None` for none.
         block: `None` (unstructured) or `(rows, cols)` in TFLite's fully-connected
             weight layout `[out, in]`, e.g. `(1, 4)` or `(1, 16)`: 2-D kernels are
@@ -90,8 +91,8 @@ class PruningPlan:
         return self.rate
 
     def apply(self, model, scores):
-        """The masks of the next round for a wrapped `model`, given `scores` per mask key."""
-        return self.prune(masking.get_masks(model), scores, output_layer=list(masking.masked_layers(model))[-1])
+        """The masks of the next round for a masked `model`, given `scores` per mask key."""
+        return self.prune(masking.get_masks(model), scores, output_layer=masking.output_layer(model))
 
     def prune(self, masks, scores, output_layer=None):
         """Pure form of `apply`: removes the lowest-scoring surviving weights.
@@ -99,7 +100,7 @@ class PruningPlan:
         Args:
             masks: `{mask key: 0/1 array}`, the current masks.
             scores: `{mask key: array}` of the same shapes; higher survives.
-            output_layer: the layer name that `output_rate` applies to.
+            output_layer: the layer path that `output_rate` applies to.
 
         Returns:
             New masks, `{mask key: float32 0/1 array}`. Ties are broken by

@@ -16,7 +16,7 @@ Layout of a run directory (every file written atomically, see `storage`):
                           late-rewinding run: the weights at the rewind point)
         trained_weights.npz
         metrics.json
-    best_ticket.keras     the wrapped, trained model of the best round
+    best_ticket.keras     the masked, trained model of the best round (`masking.load_model` reads it)
 
 A process killed at any moment loses at most the round in progress: resuming
 rebuilds the next round from the last complete round folder, and seeds every
@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, distribute, environment, masking, storage
+from tf_lottery import criteria, distribute, environment, masking, storage, weights
 from tf_lottery.callbacks import (UNITS, EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker,
                                   parse_rewind_point)
 from tf_lottery.pruning import SCOPES, PruningPlan, parse_block, random_masks_like
@@ -202,8 +202,9 @@ class TicketSearch:
     """Runs a ticket search and checkpoints every round.
 
     Args:
-        build_model: `() -> keras.Model`, an unwrapped Sequential or functional
-            model with freshly initialized weights whose outputs are logits.
+        build_model: `() -> keras.Model`, a built model of any structure whose
+            outputs are logits; its weights (fresh or pretrained) are round 0's
+            starting point. The search masks it (`tf_lottery.mask`).
         data: a `tf_lottery.datasets.Dataset` (or anything with its fields).
         config: a `SearchConfig`.
         run_dir: the run directory (see the module docstring).
@@ -213,13 +214,13 @@ class TicketSearch:
         overwrite: delete an existing run in `run_dir` and start again.
         verbose: 0 silent; 1 Keras' progress bar and one line per round.
         tensorboard: write per-round scalars under `run_dir/tensorboard`.
-        wrap_kwargs: passed to `tf_lottery.wrap` (e.g. `skip`).
+        mask_kwargs: passed to `tf_lottery.mask` (e.g. `skip`, `registry`).
         strategy: a `tf.distribute.Strategy` (see `tf_lottery.distribute`);
             `config.batch_size` is the global batch. Default: the current one.
     """
 
     def __init__(self, build_model, data, config, run_dir, *, replay_masks_from=None, resume=False,
-                 overwrite=False, verbose=1, tensorboard=False, wrap_kwargs=None, strategy=None):
+                 overwrite=False, verbose=1, tensorboard=False, mask_kwargs=None, strategy=None):
         if resume and overwrite:
             raise ValueError("Choose resume or overwrite, not both.")
         if (config.prunes_once or config.rounds_to_target or config.gradual_iterations) and replay_masks_from:
@@ -228,7 +229,7 @@ class TicketSearch:
         self.build_model, self.data, self.config = build_model, data, config
         self.run_dir, self.replay_masks_from = run_dir, replay_masks_from
         self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
-        self.tensorboard, self.wrap_kwargs = tensorboard, wrap_kwargs or {}
+        self.tensorboard, self.mask_kwargs = tensorboard, mask_kwargs or {}
         self.strategy = strategy or tf.distribute.get_strategy()
         if config.early_bird is not None and distribute.is_multi_worker(self.strategy):
             raise ValueError("early_bird cannot stop a multi-worker round early; search on one machine (any "
@@ -251,8 +252,8 @@ class TicketSearch:
         self.write_dir = distribute.writable_dir(self.run_dir, self.strategy)
         self.chief = self.write_dir == self.run_dir
         keras.utils.set_random_seed(self.config.seed)
-        self.model = self._build_wrapped()
-        self.initial_weights = masking.get_weight_values(self.model)
+        self.model = self._build_masked()
+        self.initial_weights = weights.snapshot(self.model)
         self.replayed = self._load_replay()
         history = self._prepare_run_dir()
         index = len(history["rounds"])
@@ -415,19 +416,19 @@ class TicketSearch:
     def _one_shot_plan(self, masks):
         return compounded_plan(self.plan, masks, self._output_layer(), self.config.rounds)
 
-    def _build_wrapped(self):
+    def _build_masked(self):
         with self.strategy.scope():
-            return masking.wrap(self.build_model(), **self.wrap_kwargs)
+            return masking.mask(self.build_model(), **self.mask_kwargs)
 
     def _output_layer(self):
-        return list(masking.masked_layers(self.model))[-1]
+        return masking.output_layer(self.model)
 
     def _start_weights(self, index):
         """The weights round `index` starts from, before its masks are applied."""
         mode = self.config.rewind
         if self.config.control == "reinit":
             keras.utils.set_random_seed(round_seed(self.config.seed + 1, index))
-            return masking.get_weight_values(self._build_wrapped())
+            return weights.snapshot(self.build_model())
         if index == 0:
             return self.initial_weights
         if mode in ("lr", "finetune"):
@@ -451,9 +452,9 @@ class TicketSearch:
 
     def _start_round(self, index, masks):
         """Sets the weights and masks round `index` starts with: `masks`, or the last round's if it prunes gradually."""
-        weights = self._start_weights(index)
+        start = self._start_weights(index)
         masking.set_masks(self.model, self._round_state["masks"] if self._prunes_gradually(index) else masks)
-        masking.set_weight_values(self.model, weights)
+        weights.restore(self.model, start)
 
     def _train_round(self, index, masks):
         """Trains round `index`, which ends with `masks`; saves and returns its metrics."""
@@ -493,7 +494,7 @@ class TicketSearch:
             else:
                 self.model.fit(self._train_dataset(index, total), shuffle=False, verbose=self.verbose,
                                **fit_kwargs)
-        trained = masking.get_weight_values(self.model)
+        trained = weights.snapshot(self.model)
         train = self._evaluate(self.data.x_train, self.data.y_train)
         metrics = self._metrics(index, evaluator.curve, train, time.time() - started)
         if early_bird:
@@ -594,7 +595,7 @@ class TicketSearch:
             self.save_ticket(history["best_round"], self._path("best_ticket.keras"))
 
     def save_ticket(self, index, path):
-        """Saves the wrapped, trained network of completed round `index` as a `.keras` file, atomically."""
+        """Saves the masked, trained network of completed round `index` as a `.keras` file, atomically."""
         restore_round(self.model, self.run_dir, index)
         with storage.atomic_path(path, ".keras") as temporary:
             self.model.save(temporary)
@@ -620,10 +621,10 @@ def round_dir(run_dir, index):
 
 
 def restore_round(model, run_dir, index):
-    """Sets a wrapped `model` to the masks and trained weights of completed round `index` of a run; returns it."""
+    """Sets a masked `model` to the masks and trained weights of completed round `index` of a run; returns it."""
     folder = round_dir(run_dir, index)
     masking.set_masks(model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["masks"])))
-    masking.set_weight_values(model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["trained"])))
+    weights.restore(model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["trained"])))
     return model
 
 

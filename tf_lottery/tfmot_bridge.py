@@ -131,10 +131,9 @@ def _rebuild(model, tf_keras, copies):
 def _translate_layer(layer, tf_keras):
     name = type(layer).__name__
     if name not in SUPPORTED_LAYERS or type(layer) is not getattr(keras.layers, name):
-        hint = ("Strip the wrappers first: tf_lottery.strip(model). " if name == "Masked" else
-                f"Supported layers: {', '.join(SUPPORTED_LAYERS)}. ")
         raise ValueError(f"tf_lottery.tfmot_bridge cannot translate layer '{layer.name}' ({name}) to tf_keras. "
-                         f"{hint}Export this model without quantize='pqat' (float, dynamic and int8 need no bridge).")
+                         f"Supported layers: {', '.join(SUPPORTED_LAYERS)}. Export this model without "
+                         "quantize='pqat' (float, dynamic and int8 need no bridge).")
     config = {key: _legacy_value(value) for key, value in layer.get_config().items()
               if not key.endswith("_initializer") and not (key == "quantization_config" and value is None)}
     config["dtype"] = layer.dtype_policy.name

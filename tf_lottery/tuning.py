@@ -15,7 +15,7 @@ Layout of the project directory (`directory/project_name`):
     oracle.json, tuner0.json      keras-tuner's state (the tuner's own: the base config and objective)
     trial_NN/trial.json           the trial's hyperparameters, status and metrics
     trial_NN/search/              the trial's ticket-search run directory (see `tf_lottery.search`)
-    trial_NN/ticket.keras         the ticket the objective scored (wrapped; masks included)
+    trial_NN/ticket.keras         the ticket the objective scored (masks included; `tf_lottery.load_model`)
 
 Resuming works as in keras-tuner: build the tuner again with `overwrite=False`
 (the default) and call `search()`. Finished trials are not run again; a trial
@@ -28,6 +28,7 @@ import os
 import keras
 import keras_tuner
 
+from tf_lottery import masking
 from tf_lottery.pruning import SCOPES
 from tf_lottery.search import SearchConfig, TicketSearch, best_round
 
@@ -173,8 +174,8 @@ class LotteryTuner(keras_tuner.Tuner):
     # --------------------------------------------------------------- results
 
     def load_model(self, trial):
-        """The trial's ticket: a wrapped model (so `get_best_models()` returns tickets)."""
-        return keras.models.load_model(self._ticket_path(trial))
+        """The trial's ticket: a masked model (so `get_best_models()` returns tickets)."""
+        return masking.load_model(self._ticket_path(trial))
 
     def results(self):
         """One `result` per trial, in trial order."""
