@@ -29,18 +29,26 @@ def _images(shape, classes, seed=0):
     return rng.random((N, *shape), dtype=np.float32), np.arange(N) % classes
 
 
-def _tokens(names, seed=0):
+BERT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+
+def _tokens(names, n=N, seed=0):
+    """`n` random sentences of 16 token ids (none is the padding id 0), as inputs `names` of a keras-hub model."""
     rng = np.random.default_rng(seed)
-    arrays = {"token_ids": rng.integers(1, 500, (N, 16)).astype("int32"), "segment_ids": np.zeros((N, 16), "int32"),
-              "padding_mask": np.ones((N, 16), "int32")}
+    arrays = {"token_ids": rng.integers(1, 500, (n, 16)).astype("int32"), "segment_ids": np.zeros((n, 16), "int32"),
+              "padding_mask": np.ones((n, 16), "int32")}
     return {name: arrays[name] for name in names}
 
 
-def _bert():
+def _bert_classifier():
+    """A small keras-hub BERT text classifier (2 classes), built from its constructor."""
     backbone = keras_hub.models.BertBackbone(vocabulary_size=500, num_layers=2, num_heads=2, hidden_dim=32,
                                              intermediate_dim=64, max_sequence_length=16)
-    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None), \
-        _tokens(["token_ids", "segment_ids", "padding_mask"]), np.arange(N) % 2
+    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+
+
+def _bert():
+    return _bert_classifier(), _tokens(BERT_INPUTS), np.arange(N) % 2
 
 
 def _vit():
@@ -167,12 +175,11 @@ def test_keras_applications_are_masked_in_place(name):
         assert not np.any(weight[~masks[key]]), key
 
 
-def test_a_text_model_of_several_inputs_exports_a_saved_model_with_parity(tiny_bert, tmp_path):
-    build, inputs = tiny_bert
-    model = tf_lottery.mask(build())
+def test_a_text_model_of_several_inputs_exports_a_saved_model_with_parity(tmp_path):
+    model = tf_lottery.mask(_bert_classifier())
     rng = np.random.default_rng(0)
     tf_lottery.set_masks(model, {key: rng.random(mask.shape) < 0.3 for key, mask in tf_lottery.get_masks(model).items()})
-    x = inputs(32)
+    x = _tokens(BERT_INPUTS, 32)
     entry = export.export_saved_model(model, tmp_path / "saved_model", representative_data=x)
     assert entry["parity"]["samples"] == 32 and entry["parity"]["max_abs_diff"] < 1e-5
     served = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
@@ -184,13 +191,12 @@ def test_a_text_model_of_several_inputs_exports_a_saved_model_with_parity(tiny_b
         export.export_tflite(model, tmp_path / "a.tflite", quantize="pqat", representative_data=x)
 
 
-def test_mirrored_training_keeps_a_transformers_zeros_on_every_replica(tiny_bert):
-    build, inputs = tiny_bert
+def test_mirrored_training_keeps_a_transformers_zeros_on_every_replica():
     # Not strategy_from_flag's collective all-reduce: MirroredStrategies of one process share collective keys,
     # so a second one all-reducing other shapes (the LeNet of tests/test_distribute.py) would clash with it.
     strategy = tf.distribute.MirroredStrategy(cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
-        model = build()
+        model = _bert_classifier()
     tf_lottery.mask(model)  # Outside the scope: the masks join the strategy of the model's weights.
     rng = np.random.default_rng(0)
     masks = {key: rng.random(mask.shape) < 0.3 for key, mask in tf_lottery.get_masks(model).items()}
@@ -198,7 +204,7 @@ def test_mirrored_training_keeps_a_transformers_zeros_on_every_replica(tiny_bert
     with strategy.scope():
         model.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.1),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(inputs(16), np.arange(16) % 2, batch_size=8, epochs=1, verbose=0)
+    model.fit(_tokens(BERT_INPUTS, 16), np.arange(16) % 2, batch_size=8, epochs=1, verbose=0)
     for key, variable in masking.get_prunable_variables(model).items():
         replicas = variable.value.values
         assert len(replicas) == 2, key
@@ -207,18 +213,17 @@ def test_mirrored_training_keeps_a_transformers_zeros_on_every_replica(tiny_bert
             assert np.any(replica.numpy()[masks[key] == 1]), key
 
 
-def test_ticket_search_of_a_keras_hub_text_classifier(tiny_bert, tmp_path):
+def test_ticket_search_of_a_keras_hub_text_classifier(tmp_path):
     """`TicketSearch` takes a keras-hub model; here one whose only input is token ids (padding id 0)."""
-    build_classifier, inputs = tiny_bert
 
     def build():
-        classifier = build_classifier()
+        classifier = _bert_classifier()
         token_ids = keras.Input((16,), dtype="int32", name="token_ids")
         logits = classifier({"token_ids": token_ids, "segment_ids": keras.ops.zeros_like(token_ids),
                              "padding_mask": keras.ops.cast(token_ids != 0, "int32")})
         return keras.Model(token_ids, logits)
 
-    tokens = {split: inputs(n, seed)["token_ids"] for split, n, seed in (("train", 64, 0), ("val", 16, 1),
+    tokens = {split: _tokens(["token_ids"], n, seed)["token_ids"] for split, n, seed in (("train", 64, 0), ("val", 16, 1),
                                                                           ("test", 16, 2))}
     labels = {split: (array[:, 0] > 250).astype("int64") for split, array in tokens.items()}
     data = Dataset("tokens", "generated", tokens["train"], labels["train"], tokens["val"], labels["val"],

@@ -530,7 +530,8 @@ def density(model):
     A plain model's prunable weights are those `tf_lottery.mask` would mask by default.
     """
     if masking.is_masked(model):
-        values = list(masking.get_prunable_weights(_plain(model)).values())
+        masks = masking.get_masks(model)
+        values = [np.where(masks[key] > 0, value, 0) for key, value in masking.get_prunable_weights(model).items()]
     else:
         values = [variable.numpy() for variable in registry.find_prunable(model).weights.values()]
     total = sum(value.size for value in values)

@@ -36,6 +36,11 @@ from tf_lottery.registry import DENSE_BY_DEFAULT, find_prunable, registration_hi
 _ATTRIBUTE = "_tf_lottery_masks"
 
 
+def _zeroed(weight, mask):
+    """`weight` with the entries that `mask` prunes set to exactly zero."""
+    return ops.where(mask, weight, 0.0)
+
+
 class _MaskConstraint(keras.constraints.Constraint):
     """Zeroes the pruned entries of a weight after the weight's own constraint, if any."""
 
@@ -46,7 +51,7 @@ class _MaskConstraint(keras.constraints.Constraint):
     def __call__(self, weight):
         if self.inner is not None:
             weight = self.inner(weight)
-        return ops.where(self.mask, weight, 0.0)
+        return _zeroed(weight, self.mask)
 
 
 def _write_masks(store, keys, arrays):
@@ -204,7 +209,7 @@ def strip(model):
     The result is the plain model: nothing of tf_lottery remains in it.
     """
     for _, mask_variable, weight in _items(model):
-        weight.assign(ops.where(mask_variable, weight, ops.zeros_like(weight)))
+        weight.assign(_zeroed(weight, mask_variable))
         weight.constraint = weight.constraint.inner
     object.__delattr__(model, _ATTRIBUTE)
     return model
@@ -314,7 +319,7 @@ def set_masks(model, masks):
         checked[key] = value.astype(bool)
     for key, mask_variable, weight in items:
         mask_variable.assign(checked[key])
-        weight.assign(ops.where(mask_variable, weight, ops.zeros_like(weight)))
+        weight.assign(_zeroed(weight, mask_variable))
 
 
 def apply_masks(model):
@@ -325,7 +330,7 @@ def apply_masks(model):
     `set_weights` or by assigning variables in a custom training loop.
     """
     for _, mask_variable, weight in _items(model):
-        weight.assign(ops.where(mask_variable, weight, ops.zeros_like(weight)))
+        weight.assign(_zeroed(weight, mask_variable))
 
 
 def density(masks):
