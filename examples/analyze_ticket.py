@@ -21,8 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
-from tf_lottery import analysis, datasets, masking, models, plots, storage, weights  # noqa: E402
-from tf_lottery.search import read_run_config, restore_round  # noqa: E402
+from tf_lottery import analysis, cli, datasets, masking, models, plots, storage, weights  # noqa: E402
+from tf_lottery.run_store import RunStore  # noqa: E402
+from tf_lottery.search import read_run_config  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run directory of a ticket search (examples/find_ticket.py).", required=True)
 flags.DEFINE_string("output_dir", None, "Where to write the results and the control runs (default: RUN_DIR/analysis).")
@@ -45,14 +46,15 @@ def _print_table(title, columns, rows):
         print(f"{name:<14}" + "".join(f"{value:8.3f}" for value in values))
 
 
+@cli.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     run_dir, output_dir = FLAGS.run_dir, FLAGS.output_dir or os.path.join(FLAGS.run_dir, "analysis")
     try:
         config = read_run_config(run_dir)
-        history = storage.read_json(os.path.join(run_dir, "history.json"))
-        signature = storage.read_json(os.path.join(run_dir, "run.json"))["signature"]
+        history = RunStore(run_dir).read_history()
+        signature = RunStore(run_dir).read_record()["signature"]
         scales, epsilons = [float(s) for s in FLAGS.noise_scales], [float(e) for e in FLAGS.epsilons]
     except (storage.CorruptFileError, ValueError) as error:
         raise app.UsageError(f"Cannot analyze {run_dir}: {error}") from None
@@ -70,9 +72,9 @@ def main(argv):
     verbose = int(FLAGS.verbose)
     control_dir = os.path.join(output_dir, "reinit_control")
     analysis.replay(run_dir, run_dir, control_dir, build, data, index, control="reinit", verbose=verbose)
-    networks = {"ticket": restore_round(masking.mask(build()), run_dir, index),
-                "dense": restore_round(masking.mask(build()), run_dir, 0),
-                "reinit": restore_round(masking.mask(build()), control_dir, index)}
+    networks = {"ticket": RunStore(run_dir).restore_round(masking.mask(build()), index),
+                "dense": RunStore(run_dir).restore_round(masking.mask(build()), 0),
+                "reinit": RunStore(control_dir).restore_round(masking.mask(build()), index)}
     images, labels = data.x_test[:FLAGS.samples], data.y_test[:FLAGS.samples]
     report = {
         "run_dir": os.path.abspath(run_dir), "dataset": dataset, "round": index, "samples": len(images),

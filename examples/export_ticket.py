@@ -23,7 +23,8 @@ import os
 
 from absl import app, flags
 
-from tf_lottery import datasets, export, search, storage
+from tf_lottery import cli, datasets, export, search
+from tf_lottery.run_store import RunStore
 
 flags.DEFINE_string("run_dir", None, "A ticket-search run directory (examples/find_ticket.py --output_dir).")
 flags.DEFINE_integer("round", None, "Round to export (default: the best round within --max_accuracy_drop).",
@@ -43,8 +44,8 @@ FLAGS = flags.FLAGS
 
 def _load_run():
     """(the round's masked model, its metrics, its dataset) from --run_dir and the flags."""
-    run = storage.read_json(os.path.join(FLAGS.run_dir, "run.json"))
-    rounds = storage.read_json(os.path.join(FLAGS.run_dir, "history.json"))["rounds"]
+    store = RunStore(FLAGS.run_dir)
+    run, rounds = store.read_record(), store.read_history()["rounds"]
     if not rounds:
         raise app.UsageError(f"{FLAGS.run_dir} has no completed round yet.")
     index = FLAGS.round if FLAGS.round is not None else search.best_round(rounds, FLAGS.max_accuracy_drop)
@@ -59,6 +60,7 @@ def _load_run():
     return export.load_ticket(FLAGS.run_dir, index), rounds[index], data
 
 
+@cli.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

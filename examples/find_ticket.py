@@ -18,6 +18,7 @@ import os
 from absl import app, flags
 
 from tf_lottery import cli, datasets, distribute, models
+from tf_lottery.run_store import RunStore
 from tf_lottery.search import SearchConfig, TicketSearch
 
 flags.DEFINE_enum("model", "lenet300_100", sorted(models.MODELS), "Network to prune.")
@@ -26,7 +27,8 @@ flags.DEFINE_string("data_dir", None, "Folder holding the dataset files, for dat
 flags.DEFINE_string("output_dir", "runs/find_ticket", "Run directory: checkpoints, history, best ticket.")
 flags.DEFINE_string("replay_masks_from", None, "Run directory whose round masks to reuse (for controls).")
 flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last complete round.")
-flags.DEFINE_boolean("overwrite", False, "Delete an existing run in --output_dir and start again.")
+flags.DEFINE_boolean("overwrite", False, "Delete the run in --output_dir and start again (a folder holding "
+                     "anything but a run is never deleted).")
 flags.DEFINE_string("strategy", "default", f"tf.distribute strategy: one of {distribute.STRATEGIES}.")
 flags.DEFINE_boolean("tensorboard", False, "Write per-round scalars to --output_dir/tensorboard.")
 flags.DEFINE_enum("verbose", "1", ["0", "1"], "0: silent; 1: Keras' progress bar and one line per round.")
@@ -34,20 +36,20 @@ cli.define_flags(SearchConfig)
 FLAGS = flags.FLAGS
 
 
+@cli.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.resume:
+        RunStore(FLAGS.output_dir).require_run()
     overrides = {}
     if FLAGS.iterations is not None and not FLAGS["epochs"].present:
         overrides["epochs"] = None  # --iterations replaces the default epoch count.
     if FLAGS.target_density is not None and not FLAGS["rounds"].present:
         overrides["rounds"] = None  # --target_density alone: prune until it is reached.
-    try:
-        strategy = distribute.strategy_from_flag(FLAGS.strategy)
-        config = cli.config_from_flags(SearchConfig, **overrides)
-        data = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir, seed=config.seed)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    strategy = distribute.strategy_from_flag(FLAGS.strategy)
+    config = cli.config_from_flags(SearchConfig, **overrides)
+    data = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir, seed=config.seed)
     build = models.get(FLAGS.model)
     print(f"Data: {data.name} from {data.source}: {len(data.x_train)} train, {len(data.x_val)} validation, "
           f"{len(data.x_test)} test images.")

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
-from tf_lottery import plots, storage  # noqa: E402
+from tf_lottery import cli, plots, storage  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run directory of a ticket search (holds history.json).", required=True)
 flags.DEFINE_string("output_dir", None, "Where to write the PNG files (default: <run_dir>/plots).")
@@ -25,6 +25,7 @@ flags.DEFINE_string("name", None, "File name prefix and figure title (default: t
 FLAGS = flags.FLAGS
 
 
+@cli.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")

@@ -10,11 +10,10 @@ an interrupted tuning run (finished trials are not run again):
 """
 
 import os
-import sys
 
 from absl import app, flags
 
-from tf_lottery import datasets, models, tuning
+from tf_lottery import cli, datasets, models, tuning
 from tf_lottery.search import SearchConfig
 
 flags.DEFINE_integer("max_trials", 10, "Trials to run (random and bayesian oracles).", lower_bound=1)
@@ -48,26 +47,21 @@ def print_results(rows):
         print(f"{row['trial']:<6} {row['status']:<10} {_format(row['objective']):>12}  {tried}")
 
 
+@cli.reports_user_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     output_dir = os.path.abspath(FLAGS.output_dir)
-    try:
-        config = SearchConfig(rounds=None, target_density=FLAGS.target_density, epochs=FLAGS.epochs, seed=FLAGS.seed)
-        data = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir, seed=config.seed)
-        build = models.get(FLAGS.model)
-        tuner = tuning.LotteryTuner(lambda: build(data.input_shape, data.num_classes), data, config,
-                                    FLAGS.oracle, objective=FLAGS.objective, tolerance=FLAGS.tolerance,
-                                    max_trials=FLAGS.max_trials, directory=os.path.dirname(output_dir),
-                                    project_name=os.path.basename(output_dir), overwrite=FLAGS.overwrite)
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    config = SearchConfig(rounds=None, target_density=FLAGS.target_density, epochs=FLAGS.epochs, seed=FLAGS.seed)
+    data = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir, seed=config.seed)
+    build = models.get(FLAGS.model)
+    tuner = tuning.LotteryTuner(lambda: build(data.input_shape, data.num_classes), data, config,
+                                FLAGS.oracle, objective=FLAGS.objective, tolerance=FLAGS.tolerance,
+                                max_trials=FLAGS.max_trials, directory=os.path.dirname(output_dir),
+                                project_name=os.path.basename(output_dir), overwrite=FLAGS.overwrite)
     tuner.search()
     print_results(tuner.results())
-    try:
-        best = tuner.best_result()
-    except ValueError as error:
-        sys.exit(str(error))
+    best = tuner.best_result()
     print(f"\nBest ticket: trial {best['trial']}, round {best['round']} of {best['run_dir']}: {best['ticket']}\n"
           f"Export it: python examples/export_ticket.py --run_dir={best['run_dir']} --round={best['round']} "
           "--output_dir=...")

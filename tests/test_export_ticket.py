@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -69,3 +70,22 @@ def test_benchmark_quick_prints_the_documented_figures(tmp_path):
             assert figures["density"] == pytest.approx(ticket["density"], abs=0.01)
             assert 0 <= figures["keras_test_accuracy"] <= 1
         assert ticket["latency"]["int8"]["sparse_us"] > 0 and ticket["latency"]["float"]["sparse_over_dense"] > 0
+
+
+def test_exporting_a_missing_or_damaged_run_ends_in_a_message(run_dir, tmp_path, run_scripts, user_error):
+    history, truncated = tmp_path / "history", tmp_path / "truncated"
+    for copy in (history, truncated):
+        shutil.copytree(run_dir, copy)
+    (history / "history.json").write_text("{}")
+    masks = truncated / "round_001" / "masks.npz"
+    masks.write_bytes(masks.read_bytes()[:50])
+    cases = {
+        tmp_path / "none": "none holds no run (run.json is missing)",
+        history: "history.json has format version None",
+        truncated: "round_001 is damaged",
+    }
+    results = run_scripts(*(["examples/export_ticket.py", f"--run_dir={run}", f"--output_dir={tmp_path / 'out'}",
+                             "--round=1"] for run in cases))
+    for message, result in zip(cases.values(), results):
+        user_error(result, message)
+    assert not (tmp_path / "out").exists()

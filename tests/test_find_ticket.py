@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,3 +80,31 @@ def test_a_run_killed_mid_round_resumes_to_the_same_masks(tmp_path):
         for key in whole:
             np.testing.assert_array_equal(resumed[key], whole[key], err_msg=f"round {index} {key}")
     assert not any(name.endswith(".partial") for name in os.listdir(killed))
+
+
+def _tree(folder):
+    return {os.path.join(root, name): pathlib.Path(root, name).read_bytes()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_mistakes_end_in_a_message_naming_the_fix_and_write_nothing(tmp_path, run_scripts, user_error):
+    run = tmp_path / "run"
+    _run(f"--output_dir={run}", "--rounds=1")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / "round_001" / "masks.npz").write_bytes(b"garbage")
+    before = _tree(tmp_path)
+    new = str(tmp_path / "new")
+    cases = {  # The library's checks behind these are tested in test_run_store and test_search.
+        "the same run twice": ([f"--output_dir={run}"], "already holds a run"),
+        "resume and overwrite": ([f"--output_dir={run}", "--resume", "--overwrite"], "Choose resume or overwrite"),
+        "resume of nothing": ([f"--output_dir={new}", "--resume"], "holds no run (run.json is missing)"),
+        "a damaged round": ([f"--output_dir={damaged}", "--resume", "--rounds=2"],
+                            "round_001 is damaged: " + str(damaged / "round_001" / "masks.npz") + " is truncated"),
+        "missing data": ([f"--output_dir={new}", "--dataset=cifar10", f"--data_dir={tmp_path / 'none'}"],
+                         "cifar10"),
+    }
+    results = run_scripts(*(["examples/find_ticket.py", *ARGS, *args] for args, _ in cases.values()))
+    for (_, message), result in zip(cases.values(), results):
+        user_error(result, message)
+    assert _tree(tmp_path) == before and not os.path.exists(new)

@@ -1,10 +1,10 @@
 """How robust a ticket is, and whether it transfers: weight noise, adversarial inputs, other data.
 
 Every function takes a masked logits classifier (e.g. a round of a search,
-`search.restore_round`) and test images in [0, 1]; `replay` and `transfer`
+`RunStore.restore_round`) and test images in [0, 1]; `replay` and `transfer`
 train the controls with `TicketSearch`, so they are checkpointed and resumable.
 
-    ticket = search.restore_round(tf_lottery.mask(build()), "runs/lenet", 10)
+    ticket = RunStore("runs/lenet").restore_round(tf_lottery.mask(build()), 10)
     analysis.weight_noise_accuracy(ticket, data.x_test, data.y_test)      # {0.0: 0.97, 0.5: 0.95, ...}
     analysis.adversarial_accuracy(ticket, data.x_test, data.y_test, attack="pgd")
 """
@@ -16,7 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import masking, storage
+from tf_lottery import masking
+from tf_lottery.run_store import RunStore
 from tf_lottery.search import TicketSearch, read_run_config
 
 #: Noise scales s: each weight gets N(0, (s x its layer's weight std)^2).
@@ -134,13 +135,13 @@ def transfer(run_dir, source_dir, output_dir, build_model, data, rounds, verbose
         `{"source": source_dir, "rounds": [{"round", "density", "ticket",
         "transferred", "random_mask"}]}`, accuracies on the test set.
     """
-    source = storage.read_json(os.path.join(source_dir, "run.json"))["signature"]["dataset"]
+    source = RunStore(source_dir).read_record()["signature"]["dataset"]
     shape = source["shapes"]["test"][1:]
     if shape != list(data.input_shape):
         raise ValueError(f"Masks found on {source['name']} (images {shape}) cannot be trained on {data.name} "
                          f"(images {list(data.input_shape)}): transfer between datasets of one input shape, "
                          "e.g. mnist_subset and fashion_mnist.")
-    ticket = storage.read_json(os.path.join(run_dir, "history.json"))["rounds"]
+    ticket = RunStore(run_dir).read_history()["rounds"]
     replays = {name: replay(run_dir, masks_from, os.path.join(output_dir, name), build_model, data, rounds,
                             control, verbose)["rounds"]
                for name, masks_from, control in (("transferred", source_dir, None),

@@ -1,6 +1,9 @@
-"""absl flags generated from a config dataclass, so binaries and configs never drift apart."""
+"""What the binaries share: absl flags generated from a config dataclass (so binaries and configs never
+drift apart), and errors a user can fix reported as messages, not tracebacks."""
 
 import dataclasses
+import functools
+import sys
 import typing
 
 from absl import flags
@@ -32,3 +35,24 @@ def config_from_flags(config_class, flag_values=flags.FLAGS, **overrides):
     """Builds `config_class` from the parsed flags; `overrides` win."""
     values = {field.name: flag_values[field.name].value for field in dataclasses.fields(config_class)}
     return config_class(**{**values, **overrides})
+
+
+def reports_user_errors(main):
+    """Wraps an absl `main`: a `ValueError` or `OSError` (bad input, damaged or missing files, permissions) ends
+    the program with its message on stderr and exit code 1, not a traceback."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except (ValueError, OSError) as error:
+            print(f"Error: {_message(error)}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapped
+
+
+def _message(error):
+    if isinstance(error, OSError) and error.strerror and error.filename:  # Raised by the OS, not by tf_lottery.
+        return f"{error.strerror}: {error.filename}. Check the path and its permissions."
+    return str(error)

@@ -77,11 +77,9 @@ such zeros in every Dense kernel:
   TFLite kernel; they are reported, never expected block-sparse.
 """
 
-import contextlib
 import gzip
 import os
 import pathlib
-import shutil
 import tempfile
 import warnings
 
@@ -90,7 +88,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
-from tf_lottery import masking, parity, pruning, registry, storage, tflite_file, tfmot_bridge, weights
+from tf_lottery import masking, parity, pruning, registry, run_store, storage, tflite_file, tfmot_bridge
 from tf_lottery.parity import PARITY_SAMPLES, TOLERANCES, ParityError  # noqa: F401 (part of this module's API)
 
 REPORT_NAME = "export_report.json"
@@ -146,7 +144,7 @@ def export_saved_model(model, path, *, representative_data=None):
     """
     plain = _plain(model)
     data = parity.inputs_of(plain, representative_data)
-    with _atomic_folder(path) as temporary:
+    with storage.atomic_folder(path) as temporary:
         plain.export(temporary, format="tf_saved_model", verbose=False)
         serve = tf.saved_model.load(temporary).signatures["serving_default"]
         names = list(serve.structured_input_signature[1])
@@ -544,15 +542,13 @@ def load_ticket(run_dir, round_index):
     The model is `best_ticket.keras` of the run, with the masks and trained
     weights of the round (`round_NNN/masks.npz`, `trained_weights.npz`).
     """
-    ticket = os.path.join(run_dir, "best_ticket.keras")
+    store = run_store.RunStore(run_dir)
+    ticket = store.path(run_store.TICKET_FILE)
+    store.require_run()
     if not os.path.exists(ticket):
-        raise FileNotFoundError(f"{run_dir} has no best_ticket.keras, which a search writes when it ends. "
+        raise FileNotFoundError(f"{run_dir} has no {run_store.TICKET_FILE}, which a search writes when it ends. "
                                 "Finish the run first (examples/find_ticket.py --resume).")
-    model = masking.load_model(ticket)
-    folder = os.path.join(run_dir, f"round_{round_index:03d}")
-    masking.set_masks(model, storage.read_arrays(os.path.join(folder, "masks.npz")))
-    weights.restore(model, storage.read_arrays(os.path.join(folder, "trained_weights.npz")))
-    return model
+    return store.restore_round(masking.load_model(ticket), round_index)
 
 
 def _plain(model):
@@ -580,23 +576,6 @@ def _calibration_samples(data):
     for index in range(min(parity.count(data), CALIBRATION_SAMPLES)):
         sample = parity.take(data, index, index + 1)
         yield sample if isinstance(sample, dict) else [sample]
-
-
-@contextlib.contextmanager
-def _atomic_folder(path):
-    """Yields a temporary folder next to `path`; swaps it in for `path` if the block succeeds."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    try:
-        yield temporary
-        previous = temporary + ".previous"
-        if os.path.exists(path):
-            os.replace(path, previous)
-        os.replace(temporary, path)
-        shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _sizes(path):

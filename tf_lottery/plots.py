@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from tf_lottery import storage
+from tf_lottery.run_store import HISTORY_FILE
 
 # Colors of the paper's figures: the ticket blue, random re-initialization orange, random mask green.
 COLORS = {"ticket": "#1f77b4", "reinit": "#ff7f0e", "random_mask": "#2ca02c"}
@@ -34,7 +35,7 @@ _FALLBACK_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcb
 
 def load_history(run_dir):
     """The history dict of the run in `run_dir` (its `history.json`)."""
-    return storage.read_json(os.path.join(run_dir, "history.json"))
+    return storage.read_json(os.path.join(run_dir, HISTORY_FILE))
 
 
 def aggregate(histories, metric):

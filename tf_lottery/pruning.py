@@ -106,7 +106,7 @@ class PruningPlan:
             New masks, `{mask key: float32 0/1 array}`. Ties are broken by
             position, so the result is deterministic.
         """
-        self._check_names(masks)
+        self.check_names(masks)
         if set(scores) != set(masks):
             raise ValueError(f"Scores are for {sorted(scores)}, but the masks are for {sorted(masks)}.")
         for key, value in scores.items():
@@ -129,7 +129,8 @@ class PruningPlan:
             _prune_together(pooled, new_masks, scores, self.rate, self.block, output_layer)
         return new_masks
 
-    def _check_names(self, masks):
+    def check_names(self, masks):
+        """Raises `ValueError` if the plan's `skip` or `layer_rates` name a layer or weight `masks` lack."""
         known = set(masks) | {masking.layer_of(key) for key in masks}
         unknown = sorted((set(self.skip) | set(self.layer_rates)) - known)
         if unknown:

@@ -5,19 +5,7 @@ trained network with the plan, resets the survivors (to the rewind weights, or
 keeps the trained weights for `lr` / `finetune`), and trains again; with
 `gradual_iterations` it prunes step by step while it trains (`GradualPruning`).
 
-Layout of a run directory (every file written atomically, see `storage`):
-
-    run.json              configuration, seed, model and data signature, versions
-    history.json          {"rounds": [metrics of each completed round], "best_round"}
-    round_000/            one folder per completed round (renamed into place when complete)
-        masks.npz         the masks the round trained with (ended with, if it pruned gradually)
-        statistics.npz    (criterion movement_rate only) the accumulated |Δw| of its training
-        rewind_weights.npz the weights its survivors were reset to (for round 0 of a
-                          late-rewinding run: the weights at the rewind point)
-        trained_weights.npz
-        metrics.json
-    best_ticket.keras     the masked, trained model of the best round (`masking.load_model` reads it)
-
+Each round is saved in the run directory (`tf_lottery.run_store`, which knows its layout).
 A process killed at any moment loses at most the round in progress: resuming
 rebuilds the next round from the last complete round folder, and seeds every
 round from (seed, round), so a resumed run equals an uninterrupted one.
@@ -25,7 +13,6 @@ round from (seed, round), so a resumed run equals an uninterrupted one.
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 
@@ -33,7 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, distribute, environment, masking, storage, weights
+from tf_lottery import criteria, distribute, environment, masking, run_store, storage, weights
+from tf_lottery.run_store import RunDirError, RunStore, empty_history
 from tf_lottery.callbacks import (UNITS, EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker,
                                   parse_rewind_point)
 from tf_lottery.pruning import SCOPES, PruningPlan, parse_block, random_masks_like
@@ -46,12 +34,13 @@ LR_SCHEDULES = ("constant", "cosine")
 COSINE_FLOOR = 0.01
 
 
-# The arrays of a round's state and their files in its folder.
-_ROUND_FILES = {"masks": "masks.npz", "rewind": "rewind_weights.npz", "trained": "trained_weights.npz",
-                "statistics": "statistics.npz"}
+# Fields a resumed run may change: when it stops, and the learning rate of the rounds still to train (to
+# continue past a round that diverged).
+_RESUMABLE_CHANGES = ("rounds", "target_density", "learning_rate")
 
-# Fields that only decide when a search stops: a resumed run may extend or shorten it.
-_STOPPING_FIELDS = ("rounds", "target_density")
+
+class RoundDivergedError(ValueError):
+    """A round's training ended with a loss or weights that are not finite; nothing of it was saved."""
 
 
 def _field(default, help, choices=None):
@@ -137,10 +126,15 @@ class SearchConfig:
             value = getattr(self, name)
             if value and self.eval_every and value % self.eval_every:
                 raise ValueError(f"{name} ({value}) must be a multiple of eval_every ({self.eval_every}).")
-        if self.interim_iterations and self.rewind.startswith("step:") and \
-                parse_rewind_point(self.rewind)[1] > self.interim_iterations:
-            raise ValueError(f"The rewind point {self.rewind} lies beyond round 0's interim_iterations "
-                             f"({self.interim_iterations}): rewind earlier or make the interim rounds longer.")
+        if ":" in self.rewind:  # Round 0 trains for interim_iterations, if given.
+            unit, count = parse_rewind_point(self.rewind)
+            if unit == "step":
+                length = self.interim_iterations or self.iterations
+            else:
+                length = None if self.interim_iterations else self.epochs
+            if length is not None and count > length:
+                raise ValueError(f"The rewind point {self.rewind} lies beyond round 0, which trains for {length} "
+                                 f"{unit}{'s' * (length != 1)}: rewind earlier, or train round 0 longer.")
         if self.gradual_iterations and self.iterations and self.gradual_iterations > self.iterations:
             raise ValueError(f"gradual_iterations ({self.gradual_iterations}) exceeds a round's iterations "
                              f"({self.iterations}): prune over fewer iterations, or train longer.")
@@ -183,7 +177,7 @@ def round_seed(seed, round_index):
 
 
 class _Evaluator(keras.callbacks.Callback):
-    """Evaluates validation and test sets every period; finds the early-stopping iteration."""
+    """Evaluates validation and test sets every period; stops training once the validation loss is not finite."""
 
     def __init__(self, data, evaluate):
         super().__init__()
@@ -196,6 +190,8 @@ class _Evaluator(keras.callbacks.Callback):
         self.curve.append({"iteration": int(self.model.optimizer.iterations.numpy()), "val_loss": val["loss"],
                            "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
                            "test_loss": test["loss"]})
+        if not np.isfinite(val["loss"]):
+            self.model.stop_training = True  # Diverged: the round is not saved (see `RoundDivergedError`).
 
 
 class TicketSearch:
@@ -207,11 +203,14 @@ class TicketSearch:
             starting point. The search masks it (`tf_lottery.mask`).
         data: a `tf_lottery.datasets.Dataset` (or anything with its fields).
         config: a `SearchConfig`.
-        run_dir: the run directory (see the module docstring).
+        run_dir: the run directory (see `tf_lottery.run_store`).
         replay_masks_from: a run directory whose round masks this run reuses
             (e.g. to train a control at exactly the ticket's densities).
-        resume: continue the run in `run_dir` from its last complete round.
-        overwrite: delete an existing run in `run_dir` and start again.
+        resume: continue the run in `run_dir` from its last complete round
+            (or start it there, if the folder holds none); the rounds still
+            to train may use another `learning_rate`.
+        overwrite: delete the run in `run_dir` and start again. A folder that
+            holds anything but a run is never deleted.
         verbose: 0 silent; 1 Keras' progress bar and one line per round.
         tensorboard: write per-round scalars under `run_dir/tensorboard`.
         mask_kwargs: passed to `tf_lottery.mask` (e.g. `skip`, `registry`).
@@ -237,23 +236,17 @@ class TicketSearch:
         self.plan = config.plan()
         self.criterion = criteria.get(config.criterion, seed=config.seed)
 
-    # ---------------------------------------------------------------- paths
-
-    def _round_dir(self, index, root=None):
-        return round_dir(root or self.run_dir, index)
-
-    def _path(self, name, root=None):
-        return os.path.join(root or self.run_dir, name)
-
     # ------------------------------------------------------------ public API
 
     def run(self):
         """Runs (or resumes) the search; returns the history dict."""
         self.write_dir = distribute.writable_dir(self.run_dir, self.strategy)
         self.chief = self.write_dir == self.run_dir
+        self.store, self.write_store = RunStore(self.run_dir), RunStore(self.write_dir)
         keras.utils.set_random_seed(self.config.seed)
         self.model = self._build_masked()
         self.initial_weights = weights.snapshot(self.model)
+        self.plan.check_names(masking.get_masks(self.model))
         self.replayed = self._load_replay()
         history = self._prepare_run_dir()
         index = len(history["rounds"])
@@ -264,7 +257,7 @@ class TicketSearch:
             self._start_round(index, masks)
             history["rounds"].append(self._train_round(index, masks))
             history["best_round"] = best_round(history["rounds"])
-            storage.write_json(self._path("history.json", self.write_dir), history)
+            self.write_store.write_history(history)
             index += 1
         self._save_best_ticket(history)
         return history
@@ -281,36 +274,38 @@ class TicketSearch:
         }
 
     def _prepare_run_dir(self):
-        run_file = self._path("run.json")
-        exists = os.path.exists(self.run_dir) and bool(os.listdir(self.run_dir))
-        if not self.chief:
-            if self.resume and os.path.exists(run_file):
-                return self._check_resumable(storage.read_json(run_file))
-            return {"rounds": [], "best_round": None}  # The chief checks and prepares the run directory.
-        if exists and self.overwrite:
-            shutil.rmtree(self.run_dir)
-        elif exists and not self.resume:
-            raise FileExistsError(
-                f"{self.run_dir} already holds a run. Pass resume to continue it, overwrite to start again, "
-                "or choose another output directory."
-            )
-        if self.resume and os.path.exists(run_file):
-            return self._check_resumable(storage.read_json(run_file))
-        storage.write_json(run_file, {
-            "config": dataclasses.asdict(self.config),
-            "signature": self._signature(),
-            "versions": environment.versions(),
-        })
-        return {"rounds": [], "best_round": None}
+        """Checks the run directory before any training; returns the history to continue from."""
+        store = self.store
+        if not self.chief:  # The chief checks and prepares the run directory.
+            return self._resumed_history() if self.resume and store.is_run() else empty_history()
+        if store.entries() and not (self.resume and store.is_run()):
+            if self.overwrite:
+                self._log(f"Deleted the run in {self.run_dir}: {', '.join(store.delete())}.")
+            elif store.is_run():
+                raise FileExistsError(f"{self.run_dir} already holds a run. Pass resume to continue it, overwrite "
+                                      "to start again, or choose another run directory.")
+            else:
+                raise RunDirError(f"{self.run_dir} is not empty and holds no tf_lottery run (it has "
+                                  f"{', '.join(store.entries())}): choose another run directory.")
+        store.check_writable()
+        if store.is_run():
+            history = self._resumed_history()
+            store.write_history(history)  # Rebuilt from the round folders, whatever the file held.
+            return history
+        store.write_record({"config": dataclasses.asdict(self.config), "signature": self._signature(),
+                            "versions": environment.versions()})
+        return empty_history()
 
-    def _check_resumable(self, saved):
+    def _resumed_history(self):
+        """Checks that the run in the run directory is this search; loads its rounds."""
+        saved = self.store.read_record()
         config = dataclasses.asdict(self.config)
         # Settings added after a run was started keep their defaults, which the run used.
         saved_config = {**{field.name: field.default for field in dataclasses.fields(SearchConfig)},
                         **saved["config"]}
         differences = [f"{key}: run has {saved_config.get(key)!r}, now {value!r}"
                        for key, value in config.items()
-                       if key not in _STOPPING_FIELDS and saved_config.get(key) != value]
+                       if key not in _RESUMABLE_CHANGES and saved_config.get(key) != value]
         signature = self._signature()
         differences += [f"{key}: run has {saved['signature'].get(key)!r}, now {value!r}"
                         for key, value in signature.items() if saved["signature"].get(key) != value]
@@ -318,26 +313,16 @@ class TicketSearch:
             raise ValueError(f"Cannot resume {self.run_dir}: it was started with a different setup. "
                              "Differences: " + "; ".join(differences) +
                              ". Resume with the original settings, or start a new run.")
-        for name in os.listdir(self.run_dir) if self.chief else ():
-            if name.startswith("round_") and name.endswith(".partial"):
-                shutil.rmtree(self._path(name))  # An interrupted round: redone from scratch.
+        count = self.store.completed_rounds()  # Before anything is removed: a gap is an error.
+        if self.chief:
+            for name in self.store.clear_leftovers():
+                self._log(f"Removed {name}, left by an interrupted write.")
         rounds = []
-        while os.path.isdir(self._round_dir(len(rounds))):
-            rounds.append(self._load_round(len(rounds)))
+        for index in range(count):
+            metrics, state = self.store.read_round(index, self._state_names())
+            self._keep_state(index, state)
+            rounds.append(metrics)
         return {"rounds": rounds, "best_round": best_round(rounds)}
-
-    def _load_round(self, index):
-        folder = self._round_dir(index)
-        try:
-            metrics = storage.read_json(os.path.join(folder, "metrics.json"))
-            self._keep_state(index, {name: storage.read_arrays(os.path.join(folder, _ROUND_FILES[name]))
-                                     for name in self._state_names()})
-        except storage.CorruptFileError as error:
-            raise storage.CorruptFileError(
-                f"Round folder {folder} is damaged: {error} It was left as it is; move it away (rounds after it "
-                "too) and resume to redo it."
-            ) from None
-        return metrics
 
     # ------------------------------------------------------------- the rounds
 
@@ -373,13 +358,11 @@ class TicketSearch:
     def _load_replay(self):
         if not self.replay_masks_from:
             return None
-        replayed, index = [], 0
-        while os.path.isdir(round_dir(self.replay_masks_from, index)):
-            replayed.append(storage.read_arrays(os.path.join(round_dir(self.replay_masks_from, index),
-                                                             _ROUND_FILES["masks"])))
-            index += 1
+        source = RunStore(self.replay_masks_from)
+        source.require_run()
+        replayed = [source.read_round(index, ("masks",))[1]["masks"] for index in range(source.completed_rounds())]
         if not replayed:
-            raise FileNotFoundError(f"{self.replay_masks_from} holds no completed rounds to replay masks from.")
+            raise RunDirError(f"{self.replay_masks_from} holds no completed rounds to replay masks from.")
         expected = masking.get_masks(self.model)
         for masks in replayed:
             if {k: v.shape for k, v in masks.items()} != {k: v.shape for k, v in expected.items()}:
@@ -496,6 +479,12 @@ class TicketSearch:
                                **fit_kwargs)
         trained = weights.snapshot(self.model)
         train = self._evaluate(self.data.x_train, self.data.y_train)
+        if not (np.isfinite(train["loss"]) and all(np.isfinite(value).all() for value in trained.values())):
+            raise RoundDivergedError(
+                f"Round {index} diverged: its training loss is {train['loss']} with learning_rate "
+                f"{config.learning_rate:g}. It was not saved; {self.run_dir} keeps its {index} completed round(s). "
+                f"Resume with a smaller learning_rate to train round {index} again."
+            )
         metrics = self._metrics(index, evaluator.curve, train, time.time() - started)
         if early_bird:
             metrics["early_bird"] = {"stopped_at": early_bird.stopped_at, "distances": early_bird.distances}
@@ -539,6 +528,7 @@ class TicketSearch:
             "early_stop_val_loss": early["val_loss"],
             "early_stop_test_accuracy": early["test_accuracy"],
             "seconds": seconds,
+            "learning_rate": self.config.learning_rate,
             "curve": curve,
         }
 
@@ -570,20 +560,12 @@ class TicketSearch:
                 .prefetch(tf.data.AUTOTUNE))
 
     def _save_round(self, index, metrics):
-        final = self._round_dir(index, self.write_dir)
-        partial = final + ".partial"
-        if os.path.exists(partial):
-            shutil.rmtree(partial)
-        os.makedirs(partial)
-        for name, arrays in self._round_state.items():
-            storage.write_arrays(os.path.join(partial, _ROUND_FILES[name]), arrays)
-        storage.write_json(os.path.join(partial, "metrics.json"), metrics)
-        os.replace(partial, final)
+        self.write_store.write_round(index, self._round_state, metrics)
         if self.tensorboard:
             self._write_scalars(metrics)
 
     def _write_scalars(self, metrics):
-        writer = tf.summary.create_file_writer(self._path("tensorboard", self.write_dir))
+        writer = tf.summary.create_file_writer(self.write_store.path(run_store.TENSORBOARD_DIR))
         with writer.as_default(step=metrics["round"]):
             for name in ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
                          "early_stop_test_accuracy", "seconds"):
@@ -592,11 +574,11 @@ class TicketSearch:
 
     def _save_best_ticket(self, history):
         if history["best_round"] is not None and self.chief:
-            self.save_ticket(history["best_round"], self._path("best_ticket.keras"))
+            self.save_ticket(history["best_round"], self.store.path(run_store.TICKET_FILE))
 
     def save_ticket(self, index, path):
         """Saves the masked, trained network of completed round `index` as a `.keras` file, atomically."""
-        restore_round(self.model, self.run_dir, index)
+        self.store.restore_round(self.model, index)
         with storage.atomic_path(path, ".keras") as temporary:
             self.model.save(temporary)
 
@@ -612,20 +594,7 @@ class TicketSearch:
 
 def read_run_config(run_dir):
     """The `SearchConfig` of the run in `run_dir` (settings added since it started at their defaults)."""
-    return SearchConfig(**storage.read_json(os.path.join(run_dir, "run.json"))["config"])
-
-
-def round_dir(run_dir, index):
-    """The folder of round `index` in a run directory."""
-    return os.path.join(run_dir, f"round_{index:03d}")
-
-
-def restore_round(model, run_dir, index):
-    """Sets a masked `model` to the masks and trained weights of completed round `index` of a run; returns it."""
-    folder = round_dir(run_dir, index)
-    masking.set_masks(model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["masks"])))
-    weights.restore(model, storage.read_arrays(os.path.join(folder, _ROUND_FILES["trained"])))
-    return model
+    return SearchConfig(**RunStore(run_dir).read_record()["config"])
 
 
 def best_round(rounds, max_accuracy_drop=0.005):

@@ -8,12 +8,15 @@ new one, never a truncated one.
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 
 import numpy as np
 
 FORMAT_VERSION = 1
+#: Names of files being written start with this; a process killed mid-write leaves them behind.
+TEMPORARY_PREFIX = ".tmp-"
 
 
 class CorruptFileError(ValueError):
@@ -25,8 +28,9 @@ def atomic_path(path, suffix=""):
     """Yields a temporary path next to `path`; renames it to `path` if the block succeeds."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=TEMPORARY_PREFIX, suffix=suffix)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files private; the user's umask decides.
     try:
         yield temporary
         with open(temporary, "rb+") as written:
@@ -35,6 +39,30 @@ def atomic_path(path, suffix=""):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yields a temporary folder next to `path`; swaps it in for `path` if the block succeeds."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=parent, prefix=TEMPORARY_PREFIX)
+    os.chmod(temporary, 0o777 & ~_umask())
+    try:
+        yield temporary
+        previous = temporary + ".previous"
+        if os.path.exists(path):
+            os.replace(path, previous)
+        os.replace(temporary, path)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path, data):
@@ -82,5 +110,5 @@ def read_arrays(path):
             return {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise CorruptFileError(f"{path} is missing.") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise CorruptFileError(f"{path} is truncated or damaged ({error}).") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        raise CorruptFileError(f"{path} is truncated or damaged: it is not an .npz file of arrays.") from None
