@@ -55,7 +55,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_lottery import datasets, environment, export, masking, models, pruning, storage  # noqa: E402
+from tf_lottery import datasets, environment, export, masking, models, pruning, run_store, storage  # noqa: E402
 from tf_lottery.search import REWIND_MODES, SearchConfig, TicketSearch  # noqa: E402
 
 MODEL = "lenet300_100"
@@ -117,9 +117,9 @@ def _search(data, config, run_dir, replay_from=None):
 def _replay_dir(run_dir, rounds, folder):
     """A directory holding only the masks of rounds 0 and `rounds` of `run_dir`, as its rounds 0, 1, 2, ..."""
     for index, source in enumerate([0, *rounds]):
-        target = os.path.join(folder, f"round_{index:03d}")
+        target = run_store.round_dir(folder, index)
         os.makedirs(target)
-        shutil.copy(os.path.join(run_dir, f"round_{source:03d}", "masks.npz"), target)
+        shutil.copy(os.path.join(run_store.round_dir(run_dir, source), run_store.ROUND_FILES["masks"]), target)
     return folder
 
 

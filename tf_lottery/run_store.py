@@ -48,6 +48,7 @@ def round_dir(run_dir, index):
 
 
 def empty_history():
+    """The history of a run before its first round ends."""
     return {"rounds": [], "best_round": None}
 
 
@@ -120,8 +121,7 @@ class RunStore:
                               "those files away yourself.")
         deleted = self.entries()
         for name in deleted:
-            path = self.path(name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            _remove(self.path(name))
         return deleted
 
     def clear_leftovers(self):
@@ -129,11 +129,9 @@ class RunStore:
         removed = []
         for folder in [self.run_dir] + [self.round_dir(index) for index in range(self.completed_rounds())]:
             for name in sorted(os.listdir(folder)):
-                path = os.path.join(folder, name)
-                if name.startswith(storage.TEMPORARY_PREFIX) or (
-                        folder == self.run_dir and name.endswith(_PARTIAL_SUFFIX)):
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-                    removed.append(os.path.relpath(path, self.run_dir))
+                if name.startswith(storage.TEMPORARY_PREFIX) or (folder == self.run_dir and _is_partial_round(name)):
+                    _remove(os.path.join(folder, name))
+                    removed.append(os.path.relpath(os.path.join(folder, name), self.run_dir))
         return removed
 
     # ---------------------------------------------------------------- files
@@ -155,10 +153,9 @@ class RunStore:
     def read_history(self):
         """The history of the run, checked against its round folders."""
         self.require_run()
-        completed = self.completed_rounds()
-        if not completed and not os.path.exists(self.path(HISTORY_FILE)):
+        path, completed = self.path(HISTORY_FILE), self.completed_rounds()
+        if not completed and not os.path.exists(path):
             return empty_history()  # Killed before its first round ended.
-        path = self.path(HISTORY_FILE)
         try:
             history = storage.read_json(path)
             rounds = history.get("rounds")
@@ -200,6 +197,10 @@ class RunStore:
             ) from None
         return metrics, arrays
 
+    def read_masks(self, index):
+        """The masks of round `index` (all a replay needs: a folder of round folders holding masks.npz will do)."""
+        return storage.read_arrays(os.path.join(self.round_dir(index), ROUND_FILES["masks"]))
+
     def restore_round(self, model, index):
         """Sets a masked `model` to the masks and trained weights of completed round `index`; returns it."""
         if index >= self.completed_rounds():
@@ -211,6 +212,16 @@ class RunStore:
 
 
 def _belongs_to_run(name):
-    if name in (RUN_FILE, HISTORY_FILE, TICKET_FILE, TENSORBOARD_DIR) or name.startswith(storage.TEMPORARY_PREFIX):
-        return True
-    return bool(_ROUND_NAME.fullmatch(name.removesuffix(_PARTIAL_SUFFIX)))
+    return (name in (RUN_FILE, HISTORY_FILE, TICKET_FILE, TENSORBOARD_DIR) or name.startswith(storage.TEMPORARY_PREFIX)
+            or bool(_ROUND_NAME.fullmatch(name)) or _is_partial_round(name))
+
+
+def _is_partial_round(name):
+    return name.endswith(_PARTIAL_SUFFIX) and bool(_ROUND_NAME.fullmatch(name.removesuffix(_PARTIAL_SUFFIX)))
+
+
+def _remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)

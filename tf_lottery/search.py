@@ -359,10 +359,10 @@ class TicketSearch:
         if not self.replay_masks_from:
             return None
         source = RunStore(self.replay_masks_from)
-        source.require_run()
-        replayed = [source.read_round(index, ("masks",))[1]["masks"] for index in range(source.completed_rounds())]
+        replayed = [source.read_masks(index) for index in range(source.completed_rounds())]
         if not replayed:
-            raise RunDirError(f"{self.replay_masks_from} holds no completed rounds to replay masks from.")
+            raise RunDirError(f"{self.replay_masks_from} holds no completed rounds to replay masks from: check "
+                              "the path.")
         expected = masking.get_masks(self.model)
         for masks in replayed:
             if {k: v.shape for k, v in masks.items()} != {k: v.shape for k, v in expected.items()}:
