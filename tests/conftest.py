@@ -1,4 +1,5 @@
-"""Shared test set-up: quiet TensorFlow logs, two logical CPU devices, deterministic seeds, running scripts."""
+"""Shared test set-up (quiet TensorFlow logs, two logical CPU devices, deterministic seeds), data, run readers,
+and running the scripts as a user would."""
 
 import os
 import pathlib
@@ -11,6 +12,9 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tf_lottery import datasets  # noqa: E402
+from tf_lottery.run_store import RunStore  # noqa: E402
+
 # tf.distribute tests replicate over two logical CPUs; this must happen before
 # TensorFlow initializes its devices. Everything else runs on the first one.
 tf.config.set_logical_device_configuration(
@@ -19,6 +23,19 @@ tf.config.set_logical_device_configuration(
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+#: scikit-learn's 8x8 digits, split with seed 0: the small dataset most tests train on.
+DIGITS = datasets.load("digits", seed=0)
+
+
+def round_arrays(run_dir, index, name="masks"):
+    """The arrays `name` (a key of `run_store.ROUND_FILES`) that completed round `index` of a run saved."""
+    return RunStore(run_dir).read_round(index, (name,))[1][name]
+
+
+def files_under(folder):
+    """`{relative path: bytes}` of every file under `folder`: to check that nothing was changed."""
+    return {os.path.relpath(os.path.join(root, name), folder): pathlib.Path(root, name).read_bytes()
+            for root, _, names in os.walk(folder) for name in names}
 
 
 @pytest.fixture(autouse=True)
@@ -26,13 +43,16 @@ def _seed():
     keras.utils.set_random_seed(0)
 
 
-def _run_scripts(*commands, timeout=600):
-    """Runs repository scripts at once, as a user would from a shell: each command is `[script, *args]`.
+def run_script(script, *args, check=True, timeout=600):
+    """Runs a repository script (e.g. "examples/find_ticket.py") as a user would; returns its CompletedProcess."""
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+                          env=SCRIPT_ENV, timeout=timeout, check=check)
 
-    Returns a `subprocess.CompletedProcess` for each, in order.
-    """
+
+def run_scripts(*commands, timeout=600):
+    """Runs repository scripts at once, each command `[script, *args]`; returns their CompletedProcesses."""
     processes = [subprocess.Popen([sys.executable, str(ROOT / script), *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=SCRIPT_ENV, cwd=ROOT)
+                                  stderr=subprocess.PIPE, text=True, env=SCRIPT_ENV)
                  for script, *args in commands]
     results = []
     for process, command in zip(processes, commands):
@@ -44,20 +64,8 @@ def _run_scripts(*commands, timeout=600):
     return results
 
 
-@pytest.fixture
-def run_scripts():
-    """`run_scripts(*commands)`: runs repository scripts at once (see `_run_scripts`)."""
-    return _run_scripts
-
-
 def assert_user_error(result, message):
-    """A binary's run that ended in a one-paragraph error naming `message`, not a traceback."""
+    """Checks that a script ended in a one-paragraph error naming `message`, not in a traceback."""
     assert result.returncode == 1, (result.args, result.stdout[-2000:], result.stderr[-2000:])
     assert "Traceback" not in result.stderr and "allow_pickle" not in result.stderr, result.stderr[-3000:]
     assert message in result.stderr, (result.args, result.stderr[-3000:])
-
-
-@pytest.fixture
-def user_error():
-    """`user_error(result, message)`: checks a binary ended in a clear error (see `assert_user_error`)."""
-    return assert_user_error

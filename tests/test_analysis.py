@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import tf_lottery
-from tf_lottery import analysis, datasets, models, storage
+from tf_lottery import analysis, models, storage
 
-DATA = datasets.load("digits", seed=0)
+from conftest import DIGITS as DATA
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,13 @@
 """End-to-end: examples/analyze_ticket.py on tiny digits runs, as a user runs it."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
-from tf_lottery import analysis, datasets, models, storage
+from tf_lottery import analysis, models, storage
 from tf_lottery.search import SearchConfig, TicketSearch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-DATA = datasets.load("digits", seed=0)
+from conftest import DIGITS as DATA, run_script
 
 
 def _build():
@@ -21,8 +15,7 @@ def _build():
 
 
 def _run(*args, check=True):
-    return subprocess.run([sys.executable, str(ROOT / "examples" / "analyze_ticket.py"), *args], capture_output=True,
-                          text=True, env=ENV, timeout=600, check=check)
+    return run_script("examples/analyze_ticket.py", *args, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
 """Smoke tests of benchmarks/mask_overhead.py and search_cost.py: they run and write the documented JSON.
 
-Timings are not tested; only that they are measured (positive numbers).
+Timings are not tested; only that they are measured (positive numbers) and that the ratios and verdicts
+the benchmark reports follow from them.
 """
 
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 
@@ -12,6 +15,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio", "repeats", "steps", "batch_size")
+
+
+def _assert_ratios(entry, variant):
+    """`ratio` is the median of the per-repeat ratios of `variant` to plain, which the per-repeat times give."""
+    plain, other = entry["plain_ms_per_repeat"], entry[f"{variant}_ms_per_repeat"]
+    assert len(plain) == len(other) == len(entry["ratio_per_repeat"]) == entry["repeats"]
+    assert entry["ratio_per_repeat"] == pytest.approx([o / p for p, o in zip(plain, other)], rel=1e-12)
+    assert entry["ratio"] == statistics.median(entry["ratio_per_repeat"])
+    assert entry["plain_ms_per_step"] == statistics.median(plain)
+    assert entry[f"{variant}_ms_per_step"] == statistics.median(other)
 
 
 def test_mask_overhead_quick(tmp_path):
@@ -25,19 +38,25 @@ def test_mask_overhead_quick(tmp_path):
     assert json.loads(result.stdout) == report
     assert report["quick"] is True
     assert report["tensorflow"] and report["keras"] and report["cpu_count"] > 0
-    assert "1.02" in report["target"] and "0.25" in report["target"]
+    target = re.fullmatch(r"ratio <= ([\d.]+) and below tfmot's; memory ratio <= ([\d.]+)", report["target"])
+    assert target, report["target"]
+    target_ratio, target_memory = map(float, target.groups())
+    assert (target_ratio, target_memory) == (1.02, 0.25)
+    peer = report["tfmot"]
+    assert peer["model"] == "lenet300_100" and peer["plain_ms_per_step"] > 0 and peer["pruned_ms_per_step"] > 0
+    _assert_ratios(peer, "pruned")
     assert set(report["models"]) == {"lenet300_100", "conv2", "bert"}
     for name, entry in report["models"].items():
         for field in MODEL_FIELDS:
             assert entry[field] > 0, (name, field, entry[field])
-        assert isinstance(entry["meets_target"], bool) and isinstance(entry["below_tfmot"], bool)
-        assert len(entry["ratio_per_repeat"]) == entry["repeats"]
+        _assert_ratios(entry, "masked")
+        # The verdicts follow from the printed figures.
+        assert entry["meets_target"] is (entry["ratio"] <= target_ratio), (name, entry["ratio"])
+        assert entry["below_tfmot"] is (entry["ratio"] < peer["ratio"]), (name, entry["ratio"], peer["ratio"])
         assert 0 < entry["mask_density"] < 0.5
         memory = entry["memory"]
         assert memory["ratio"] == memory["mask_bytes"] / memory["masked_weight_bytes"] == 0.25  # bool over float32
-    peer = report["tfmot"]
-    assert peer["model"] == "lenet300_100" and peer["plain_ms_per_step"] > 0 and peer["pruned_ms_per_step"] > 0
-    assert len(peer["ratio_per_repeat"]) == peer["repeats"]
+        assert memory["meets_target"] is (memory["ratio"] <= target_memory)
 
 
 def test_search_cost_quick(tmp_path):

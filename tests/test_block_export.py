@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 import tf_lottery
-from tf_lottery import datasets, export, models
+from tf_lottery import export, models
 from tf_lottery.pruning import PruningPlan
 from tf_lottery.search import SearchConfig, TicketSearch
 
+from conftest import DIGITS as DATA
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = datasets.load("digits", seed=0)
 SAMPLE = DATA.x_train[:500]
 
 

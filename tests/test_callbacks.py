@@ -114,14 +114,19 @@ def test_steps_per_execution_that_skips_the_rewind_step_is_an_error():
         model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[tf_lottery.LotteryCallback(3)])
 
 
-def test_steps_per_execution_that_divides_the_rewind_step_works():
+def test_steps_per_execution_that_divides_the_rewind_step_captures_the_weights_after_it():
     model = _masked()
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=2)
-    callback = tf_lottery.LotteryCallback(2)
+    initial = weights.snapshot(model)
+    callback, recorder = tf_lottery.LotteryCallback(2), Recorder()
     x, y = _data()
-    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback])
-    assert callback.rewind_weights is not None
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback, recorder])
+    assert sorted(recorder.after_step) == [2, 4]  # One callback call per execution of two steps.
+    _assert_equal(callback.rewind_weights, recorder.after_step[2])
+    kernel = model.get_layer("hidden").kernel.path
+    assert not np.array_equal(callback.rewind_weights[kernel], initial[kernel])
+    assert not np.array_equal(callback.rewind_weights[kernel], recorder.after_step[4][kernel])
 
 
 @pytest.mark.parametrize("bad", [-1, "step:-2", "iteration:3", "epoch:x", 1.5, True])

@@ -7,23 +7,34 @@ FINAL = {"a/kernel": np.array([[-3.0, 1.0], [0.5, -0.1]]), "b/kernel": np.array(
 INITIAL = {"a/kernel": np.array([[-1.0, 2.0], [0.5, 0.3]]), "b/kernel": np.array([1.0, -5.0])}
 
 
-def test_magnitude():
-    np.testing.assert_array_equal(criteria.magnitude(FINAL, INITIAL)["a/kernel"], [[3.0, 1.0], [0.5, 0.1]])
+def _assert_scores(scores, expected):
+    assert set(scores) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(scores[key], value, rtol=0, atol=1e-12, err_msg=key)
 
 
-def test_magnitude_increase():
-    np.testing.assert_allclose(criteria.magnitude_increase(FINAL, INITIAL)["b/kernel"], [1.0, -1.0])
+def test_magnitude_scores_each_weight_by_its_final_absolute_value():
+    expected = {"a/kernel": [[3.0, 1.0], [0.5, 0.1]], "b/kernel": [2.0, 4.0]}
+    _assert_scores(criteria.magnitude(FINAL, INITIAL), expected)
+    _assert_scores(criteria.magnitude(FINAL, None), expected)  # The initial weights play no part.
 
 
-def test_movement():
-    np.testing.assert_allclose(criteria.movement(FINAL, INITIAL)["a/kernel"], [[2.0, 1.0], [0.0, 0.4]])
+def test_magnitude_increase_scores_final_minus_initial_absolute_value():
+    _assert_scores(criteria.magnitude_increase(FINAL, INITIAL),
+                   {"a/kernel": [[2.0, -1.0], [0.0, -0.2]], "b/kernel": [1.0, -1.0]})
+
+
+def test_movement_scores_the_distance_from_the_initial_weight():
+    _assert_scores(criteria.movement(FINAL, INITIAL), {"a/kernel": [[2.0, 1.0], [0.0, 0.4]], "b/kernel": [1.0, 1.0]})
 
 
 def test_random_is_seeded_and_differs_between_layers():
     first = criteria.get("random", seed=3)(FINAL, INITIAL)
     again = criteria.get("random", seed=3)(FINAL, INITIAL)
     other = criteria.get("random", seed=4)(FINAL, INITIAL)
-    np.testing.assert_array_equal(first["a/kernel"], again["a/kernel"])
+    assert {key: np.shape(value) for key, value in first.items()} == {"a/kernel": (2, 2), "b/kernel": (2,)}
+    assert all(((0 <= value) & (value < 1)).all() for value in first.values())
+    _assert_scores(again, first)
     assert not np.array_equal(first["a/kernel"], other["a/kernel"])
     assert first["a/kernel"].ravel()[0] != first["b/kernel"][0]
 
@@ -46,8 +57,8 @@ def test_score_checks_what_a_custom_criterion_returns():
         criteria.score(lambda f, i, s: {"a/kernel": f["a/kernel"]}, FINAL, INITIAL)
     with pytest.raises(ValueError, match="have shape"):
         criteria.score(lambda f, i, s: {k: np.ones(3) for k in f}, FINAL, INITIAL)
-    scores = criteria.score(criteria.magnitude, FINAL, INITIAL)
-    assert set(scores) == set(FINAL)
+    _assert_scores(criteria.score(criteria.magnitude, FINAL, INITIAL),
+                   {"a/kernel": [[3.0, 1.0], [0.5, 0.1]], "b/kernel": [2.0, 4.0]})
 
 
 def test_movement_rate_keeps_the_weights_that_moved_most():

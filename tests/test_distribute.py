@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -14,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_lottery import datasets, distribute, masking, models, storage
+from tf_lottery import distribute, masking, models
 from tf_lottery.search import SearchConfig, TicketSearch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = datasets.load("digits", seed=0)
+from conftest import DIGITS as DATA, ROOT, round_arrays
+
 CONFIG = SearchConfig(rounds=2, epochs=1, batch_size=64)
 ARGS = ["--dataset=digits", "--rounds=2", "--epochs=1", "--batch_size=64", "--verbose=0"]
 #: A dense round, then one that prunes gradually to 30% over its first 10 of 20 iterations.
@@ -32,13 +31,9 @@ def _build():
     return models.lenet300_100(DATA.input_shape, DATA.num_classes)
 
 
-def _masks(run_dir, index):
-    return storage.read_arrays(os.path.join(run_dir, f"round_{index:03d}", "masks.npz"))
-
-
 def _assert_same_masks(run_dir, reference, rounds=3):
     for index in range(rounds):
-        expected, found = _masks(reference, index), _masks(run_dir, index)
+        expected, found = round_arrays(reference, index), round_arrays(run_dir, index)
         for key in expected:
             np.testing.assert_array_equal(found[key], expected[key], err_msg=f"round {index} {key}")
 

@@ -14,9 +14,10 @@ import pytest
 import tensorflow as tf
 
 import tf_lottery
-from tf_lottery import datasets, export, models
+from tf_lottery import export, models
 
-DATA = datasets.load("digits", seed=0)
+from conftest import DIGITS as DATA
+
 SAMPLE = DATA.x_train[:500]
 
 

@@ -2,36 +2,26 @@
 
 import json
 import os
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from tf_lottery import datasets, export, models
+from tf_lottery import export, models
 from tf_lottery.search import SearchConfig, TicketSearch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def _run(script, *args, check=True):
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, env=ENV,
-                          timeout=600, check=check)
+from conftest import DIGITS, assert_user_error, run_script, run_scripts
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    data = datasets.load("digits", seed=0)
-    TicketSearch(lambda: models.lenet300_100(data.input_shape, data.num_classes), data,
+    TicketSearch(lambda: models.lenet300_100(DIGITS.input_shape, DIGITS.num_classes), DIGITS,
                  SearchConfig(rounds=1, epochs=2, batch_size=32), str(run_dir), verbose=0).run()
     return run_dir
 
 
 def test_binary_exports_every_variant_with_a_size_table(run_dir, tmp_path):
-    result = _run("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path}", "--round=1")
+    result = run_script("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path}", "--round=1")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / export.REPORT_NAME).read_text())["files"]
     names = ["saved_model", *(f"{variant}.tflite" for variant in export.VARIANTS)]
@@ -46,14 +36,14 @@ def test_binary_exports_every_variant_with_a_size_table(run_dir, tmp_path):
 
 
 def test_binary_names_the_rounds_a_run_has(run_dir, tmp_path):
-    result = _run("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path}", "--round=5",
+    result = run_script("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path}", "--round=5",
                   check=False)
     assert result.returncode != 0 and "--round=5, but" in result.stderr and "rounds 0 to 1" in result.stderr
 
 
 def test_benchmark_quick_prints_the_documented_figures(tmp_path):
     output = tmp_path / "result.json"
-    result = _run("benchmarks/export_size.py", "--quick", f"--output={output}")
+    result = run_script("benchmarks/export_size.py", "--quick", f"--output={output}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     assert json.loads(result.stdout) == report and report["quick"] is True
@@ -72,7 +62,7 @@ def test_benchmark_quick_prints_the_documented_figures(tmp_path):
         assert ticket["latency"]["int8"]["sparse_us"] > 0 and ticket["latency"]["float"]["sparse_over_dense"] > 0
 
 
-def test_exporting_a_missing_or_damaged_run_ends_in_a_message(run_dir, tmp_path, run_scripts, user_error):
+def test_exporting_a_missing_or_damaged_run_ends_in_a_message(run_dir, tmp_path):
     history, truncated = tmp_path / "history", tmp_path / "truncated"
     for copy in (history, truncated):
         shutil.copytree(run_dir, copy)
@@ -87,5 +77,5 @@ def test_exporting_a_missing_or_damaged_run_ends_in_a_message(run_dir, tmp_path,
     results = run_scripts(*(["examples/export_ticket.py", f"--run_dir={run}", f"--output_dir={tmp_path / 'out'}",
                              "--round=1"] for run in cases))
     for message, result in zip(cases.values(), results):
-        user_error(result, message)
+        assert_user_error(result, message)
     assert not (tmp_path / "out").exists()

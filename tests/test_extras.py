@@ -101,7 +101,8 @@ def test_require_explains_only_a_missing_package_of_an_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "keras_tuner", None)
     with pytest.raises(ImportError, match=re.escape("x needs keras-tuner: pip install 'tf-lottery[tuning]'")):
         extras.require("keras_tuner", "tuning", "x")
-    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    for module in ("mlxtend", "mlxtend.data"):  # Earlier tests may have imported mlxtend.data.
+        monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=re.escape("x needs mlxtend: pip install mlxtend")):
         extras.require("mlxtend.data", None, "x")
     # Any other missing module (a broken installation) is raised as it is.

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -11,21 +10,14 @@ import time
 
 import numpy as np
 
-from tf_lottery import storage
+from conftest import ROOT, SCRIPT_ENV, assert_user_error, files_under, round_arrays, run_script, run_scripts
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-BINARY = [sys.executable, str(ROOT / "examples" / "find_ticket.py")]
+BINARY = "examples/find_ticket.py"
 ARGS = ["--dataset=digits", "--epochs=3", "--batch_size=32"]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _run(*args, check=True):
-    return subprocess.run([*BINARY, *ARGS, *args], capture_output=True, text=True, env=ENV, timeout=600,
-                          check=check)
-
-
-def _masks(run_dir, index):
-    return storage.read_arrays(os.path.join(run_dir, f"round_{index:03d}", "masks.npz"))
+    return run_script(BINARY, *ARGS, *args, check=check)
 
 
 def test_binary_writes_the_documented_history(tmp_path):
@@ -59,8 +51,8 @@ def test_a_run_killed_mid_round_resumes_to_the_same_masks(tmp_path):
     uninterrupted, killed = tmp_path / "whole", tmp_path / "killed"
     _run(f"--output_dir={uninterrupted}", "--rounds=3")
 
-    process = subprocess.Popen([*BINARY, *ARGS, f"--output_dir={killed}", "--rounds=3"], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, str(ROOT / BINARY), *ARGS, f"--output_dir={killed}", "--rounds=3"],
+                               env=SCRIPT_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while not (killed / "round_000").exists() and process.poll() is None and time.time() < deadline:
@@ -76,24 +68,19 @@ def test_a_run_killed_mid_round_resumes_to_the_same_masks(tmp_path):
     result = _run(f"--output_dir={killed}", "--rounds=3", "--resume")
     assert "Resuming" in result.stdout and "after round 0" in result.stdout
     for index in range(4):
-        whole, resumed = _masks(uninterrupted, index), _masks(killed, index)
+        whole, resumed = round_arrays(uninterrupted, index), round_arrays(killed, index)
         for key in whole:
             np.testing.assert_array_equal(resumed[key], whole[key], err_msg=f"round {index} {key}")
     assert not any(name.endswith(".partial") for name in os.listdir(killed))
 
 
-def _tree(folder):
-    return {os.path.join(root, name): pathlib.Path(root, name).read_bytes()
-            for root, _, names in os.walk(folder) for name in names}
-
-
-def test_mistakes_end_in_a_message_naming_the_fix_and_write_nothing(tmp_path, run_scripts, user_error):
+def test_mistakes_end_in_a_message_naming_the_fix_and_write_nothing(tmp_path):
     run = tmp_path / "run"
     _run(f"--output_dir={run}", "--rounds=1")
     damaged = tmp_path / "damaged"
     shutil.copytree(run, damaged)
     (damaged / "round_001" / "masks.npz").write_bytes(b"garbage")
-    before = _tree(tmp_path)
+    before = files_under(tmp_path)
     new = str(tmp_path / "new")
     cases = {  # The library's checks behind these are tested in test_run_store and test_search.
         "the same run twice": ([f"--output_dir={run}"], "already holds a run"),
@@ -104,7 +91,7 @@ def test_mistakes_end_in_a_message_naming_the_fix_and_write_nothing(tmp_path, ru
         "missing data": ([f"--output_dir={new}", "--dataset=cifar10", f"--data_dir={tmp_path / 'none'}"],
                          "cifar10"),
     }
-    results = run_scripts(*(["examples/find_ticket.py", *ARGS, *args] for args, _ in cases.values()))
+    results = run_scripts(*([BINARY, *ARGS, *args] for args, _ in cases.values()))
     for (_, message), result in zip(cases.values(), results):
-        user_error(result, message)
-    assert _tree(tmp_path) == before and not os.path.exists(new)
+        assert_user_error(result, message)
+    assert files_under(tmp_path) == before and not os.path.exists(new)

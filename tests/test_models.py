@@ -150,10 +150,19 @@ def test_bad_arguments():
         models.lenet300_100((28, None, 1))
 
 
-def test_fresh_model_each_call():
-    a, b = models.conv2((8, 8, 1)), models.conv2((8, 8, 1))
-    assert a is not b
-    assert a.get_layer("conv1").kernel is not b.get_layer("conv1").kernel
+def test_each_call_builds_a_new_model_with_its_own_variables():
+    keras.utils.set_random_seed(5)
+    a = models.conv2((8, 8, 1))
+    keras.utils.set_random_seed(5)
+    b = models.conv2((8, 8, 1))
+    assert a is not b and not {id(l) for l in a.layers} & {id(l) for l in b.layers}
+    assert not {id(v) for v in a.weights} & {id(v) for v in b.weights}
+    before = _weights(b)
+    assert all(np.array_equal(x, y) for x, y in zip(_weights(a), before))  # Same seed, same start.
+    for variable in a.weights:
+        variable.assign(variable + 1.0)
+    assert all(np.array_equal(x, y) for x, y in zip(_weights(b), before))  # Changing a leaves b as it was.
+    assert all(np.array_equal(x, y + 1.0) for x, y in zip(_weights(a), before))
 
 
 @pytest.mark.parametrize("name", ["lenet300_100", "conv2"])

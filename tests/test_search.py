@@ -9,10 +9,12 @@ import pytest
 import tensorflow as tf
 
 import tf_lottery
-from tf_lottery import datasets, masking, models, pruning, storage, weights
+from tf_lottery import masking, models, pruning, storage, weights
 from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, read_run_config
 
-DATA = datasets.load("digits", seed=0)
+from conftest import DIGITS, round_arrays
+
+DATA = DIGITS
 HISTORY_FIELDS = {"round", "density", "layer_density", "test_accuracy", "val_accuracy", "early_stop_iteration",
                   "early_stop_test_accuracy", "seconds", "train_accuracy", "curve"}
 
@@ -25,10 +27,6 @@ def _search(run_dir, **kwargs):
     options = {key: kwargs.pop(key) for key in ("replay_masks_from", "resume", "overwrite") if key in kwargs}
     config = SearchConfig(**{"rounds": 2, "epochs": 1, "batch_size": 64, **kwargs})
     return TicketSearch(_build, DATA, config, str(run_dir), verbose=0, **options)
-
-
-def _round_arrays(run_dir, index, name):
-    return storage.read_arrays(os.path.join(run_dir, f"round_{index:03d}", f"{name}.npz"))
 
 
 def _assert_same(a, b):
@@ -67,9 +65,9 @@ def test_rounds_prune_hidden_and_output_layers_at_their_rates(ticket_run):
 
 def test_rewinding_to_init_restarts_survivors_from_the_initial_weights(ticket_run):
     run_dir, _ = ticket_run
-    initial = _round_arrays(run_dir, 0, "rewind_weights")
-    rewound = _round_arrays(run_dir, 2, "rewind_weights")
-    masks = _round_arrays(run_dir, 2, "masks")
+    initial = round_arrays(run_dir, 0, "rewind")
+    rewound = round_arrays(run_dir, 2, "rewind")
+    masks = round_arrays(run_dir, 2, "masks")
     kernel = next(path for path in initial if path.endswith("fc1/kernel"))
     np.testing.assert_array_equal(rewound[kernel], initial[kernel] * masks["fc1/kernel"])
 
@@ -77,16 +75,16 @@ def test_rewinding_to_init_restarts_survivors_from_the_initial_weights(ticket_ru
 def test_best_ticket_is_saved_with_its_masks(ticket_run):
     run_dir, history = ticket_run
     ticket = tf_lottery.load_model(run_dir / "best_ticket.keras")
-    _assert_same(tf_lottery.get_masks(ticket), _round_arrays(run_dir, history["best_round"], "masks"))
+    _assert_same(tf_lottery.get_masks(ticket), round_arrays(run_dir, history["best_round"], "masks"))
 
 
 def test_same_seed_gives_identical_masks_and_another_seed_does_not(ticket_run, tmp_path):
     run_dir, _ = ticket_run
     _search(tmp_path / "again").run()
-    _assert_same(_round_arrays(tmp_path / "again", 2, "masks"), _round_arrays(run_dir, 2, "masks"))
+    _assert_same(round_arrays(tmp_path / "again", 2, "masks"), round_arrays(run_dir, 2, "masks"))
     _search(tmp_path / "other", seed=1, rounds=1).run()
-    assert not np.array_equal(_round_arrays(tmp_path / "other", 1, "masks")["fc1/kernel"],
-                              _round_arrays(run_dir, 1, "masks")["fc1/kernel"])
+    assert not np.array_equal(round_arrays(tmp_path / "other", 1, "masks")["fc1/kernel"],
+                              round_arrays(run_dir, 1, "masks")["fc1/kernel"])
 
 
 def test_resume_continues_from_the_last_round_and_equals_an_uninterrupted_run(ticket_run, tmp_path):
@@ -94,8 +92,8 @@ def test_resume_continues_from_the_last_round_and_equals_an_uninterrupted_run(ti
     _search(tmp_path, rounds=1).run()
     history = _search(tmp_path, resume=True).run()
     assert [r["round"] for r in history["rounds"]] == [0, 1, 2]
-    _assert_same(_round_arrays(tmp_path, 2, "masks"), _round_arrays(run_dir, 2, "masks"))
-    _assert_same(_round_arrays(tmp_path, 2, "trained_weights"), _round_arrays(run_dir, 2, "trained_weights"))
+    _assert_same(round_arrays(tmp_path, 2, "masks"), round_arrays(run_dir, 2, "masks"))
+    _assert_same(round_arrays(tmp_path, 2, "trained"), round_arrays(run_dir, 2, "trained"))
 
 
 @pytest.mark.parametrize("rewind", ["step:5", "epoch:1", "lr", "finetune"])
@@ -104,12 +102,12 @@ def test_every_rewinding_mode_runs(rewind, tmp_path):
     assert len(history["rounds"]) == 2
     keras.utils.set_random_seed(0)
     initial = weights.snapshot(_build())
-    rewind_point = _round_arrays(tmp_path, 0, "rewind_weights")
-    trained = _round_arrays(tmp_path, 0, "trained_weights")
-    masks = _round_arrays(tmp_path, 1, "masks")["fc1/kernel"]
+    rewind_point = round_arrays(tmp_path, 0, "rewind")
+    trained = round_arrays(tmp_path, 0, "trained")
+    masks = round_arrays(tmp_path, 1, "masks")["fc1/kernel"]
     kernel = next(path for path in initial if path.endswith("fc1/kernel"))
-    start = _round_arrays(tmp_path, 1, "rewind_weights")[kernel]
-    assert not np.array_equal(_round_arrays(tmp_path, 1, "trained_weights")[kernel], start)  # Round 1 trains.
+    start = round_arrays(tmp_path, 1, "rewind")[kernel]
+    assert not np.array_equal(round_arrays(tmp_path, 1, "trained")[kernel], start)  # Round 1 trains.
     if rewind in ("lr", "finetune"):
         np.testing.assert_array_equal(start, trained[kernel] * masks)
     else:  # Late rewinding: to the weights captured during round 0, neither initial nor trained.
@@ -121,18 +119,18 @@ def test_every_rewinding_mode_runs(rewind, tmp_path):
 def test_controls_replay_the_tickets_densities(ticket_run, tmp_path):
     run_dir, _ = ticket_run
     _search(tmp_path / "reinit", control="reinit", replay_masks_from=str(run_dir)).run()
-    _assert_same(_round_arrays(tmp_path / "reinit", 2, "masks"), _round_arrays(run_dir, 2, "masks"))
-    reinit_start = _round_arrays(tmp_path / "reinit", 2, "rewind_weights")
-    ticket_start = _round_arrays(run_dir, 2, "rewind_weights")
+    _assert_same(round_arrays(tmp_path / "reinit", 2, "masks"), round_arrays(run_dir, 2, "masks"))
+    reinit_start = round_arrays(tmp_path / "reinit", 2, "rewind")
+    ticket_start = round_arrays(run_dir, 2, "rewind")
     assert any(not np.array_equal(reinit_start[k], ticket_start[k]) for k in ticket_start)
     _search(tmp_path / "random", control="random_mask", replay_masks_from=str(run_dir)).run()
-    random_masks = _round_arrays(tmp_path / "random", 2, "masks")
-    ticket_masks = _round_arrays(run_dir, 2, "masks")
+    random_masks = round_arrays(tmp_path / "random", 2, "masks")
+    ticket_masks = round_arrays(run_dir, 2, "masks")
     for key in ticket_masks:
         assert random_masks[key].sum() == ticket_masks[key].sum()
     assert not np.array_equal(random_masks["fc1/kernel"], ticket_masks["fc1/kernel"])
     # Random masks are not nested: every survivor restarts from its initial value, none from 0.
-    initial, start = (_round_arrays(tmp_path / "random", index, "rewind_weights") for index in (0, 2))
+    initial, start = (round_arrays(tmp_path / "random", index, "rewind") for index in (0, 2))
     kernel = next(path for path in initial if path.endswith("fc1/kernel"))
     np.testing.assert_array_equal(start[kernel], initial[kernel] * random_masks["fc1/kernel"])
 
@@ -149,8 +147,8 @@ def test_rounds_to_target_reaches_the_target_in_that_many_equal_rounds(tmp_path)
     history = _search(tmp_path / "two", rounds=None, target_density=0.3, rounds_to_target=2).run()
     iterated = _search(tmp_path / "six", rounds=None, target_density=0.3).run()
     assert len(history["rounds"]) == 3 and len(iterated["rounds"]) == 7
-    halfway, final = (_round_arrays(tmp_path / "two", index, "masks") for index in (1, 2))
-    iterated_final = _round_arrays(tmp_path / "six", 6, "masks")
+    halfway, final = (round_arrays(tmp_path / "two", index, "masks") for index in (1, 2))
+    iterated_final = round_arrays(tmp_path / "six", 6, "masks")
     for key, mask in final.items():
         first_rate = 0.1 if key.startswith("output") else 0.2
         assert halfway[key].mean() == pytest.approx((1 - first_rate) ** 3, abs=0.01), key
@@ -160,7 +158,7 @@ def test_rounds_to_target_reaches_the_target_in_that_many_equal_rounds(tmp_path)
     # Stopped after round 1 (rounds=1) and resumed, it prunes round 2 as the run that went through did.
     _search(tmp_path / "resumed", rounds=1, target_density=0.3, rounds_to_target=2).run()
     _search(tmp_path / "resumed", rounds=None, target_density=0.3, rounds_to_target=2, resume=True).run()
-    _assert_same(_round_arrays(tmp_path / "resumed", 2, "masks"), final)
+    _assert_same(round_arrays(tmp_path / "resumed", 2, "masks"), final)
 
 
 def test_interim_rounds_are_shorter_and_the_last_round_trains_in_full(tmp_path):
@@ -171,11 +169,11 @@ def test_interim_rounds_are_shorter_and_the_last_round_trains_in_full(tmp_path):
     for history in (by_count, by_target):
         assert [r["iterations"] for r in history["rounds"]] == [10, 10, 40]
     # Killed during its last round, the search resumes to the same ticket.
-    finished = _round_arrays(tmp_path / "count", 2, "trained_weights")
+    finished = round_arrays(tmp_path / "count", 2, "trained")
     shutil.rmtree(tmp_path / "count" / "round_002")
     resumed = _search(tmp_path / "count", resume=True, **short).run()
     assert resumed["rounds"][2]["iterations"] == 40
-    _assert_same(_round_arrays(tmp_path / "count", 2, "trained_weights"), finished)
+    _assert_same(round_arrays(tmp_path / "count", 2, "trained"), finished)
 
 
 def test_gradual_pruning_reaches_the_plans_survivors_during_the_round_and_resumes_exactly(tmp_path):
@@ -190,15 +188,15 @@ def test_gradual_pruning_reaches_the_plans_survivors_during_the_round_and_resume
     assert [step for step, _ in steps] == [5, 10, 15, 20]
     densities = [density for _, density in steps]
     assert densities == sorted(densities, reverse=True) and densities[-1] == history["rounds"][1]["density"]
-    masks, one_shot = (_round_arrays(tmp_path / name, 1, "masks") for name in ("gradual", "one_shot"))
+    masks, one_shot = (round_arrays(tmp_path / name, 1, "masks") for name in ("gradual", "one_shot"))
     assert pruning.count_survivors(masks) == pruning.count_survivors(one_shot)
     assert any((masks[key] != one_shot[key]).any() for key in masks)  # Chosen as the weights trained.
-    trained = _round_arrays(tmp_path / "gradual", 1, "trained_weights")
+    trained = round_arrays(tmp_path / "gradual", 1, "trained")
     # Killed during its gradual round, the search resumes to the same masks and weights.
     shutil.rmtree(tmp_path / "gradual" / "round_001")
     _search(tmp_path / "gradual", resume=True, **gradual).run()
-    _assert_same(_round_arrays(tmp_path / "gradual", 1, "masks"), masks)
-    _assert_same(_round_arrays(tmp_path / "gradual", 1, "trained_weights"), trained)
+    _assert_same(round_arrays(tmp_path / "gradual", 1, "masks"), masks)
+    _assert_same(round_arrays(tmp_path / "gradual", 1, "trained"), trained)
 
 
 def test_a_round_shorter_than_gradual_iterations_fails_before_it_trains(tmp_path):
@@ -296,8 +294,8 @@ def test_resume_is_exact_for_models_with_dropout(tmp_path):
     search(tmp_path / "whole", 2)
     search(tmp_path / "split", 1)
     search(tmp_path / "split", 2, resume=True)
-    _assert_same(_round_arrays(tmp_path / "split", 2, "trained_weights"),
-                 _round_arrays(tmp_path / "whole", 2, "trained_weights"))
+    _assert_same(round_arrays(tmp_path / "split", 2, "trained"),
+                 round_arrays(tmp_path / "whole", 2, "trained"))
 
 
 def test_tensorboard_gets_one_scalar_per_round(tmp_path):
@@ -315,7 +313,7 @@ def test_block_search_and_its_random_mask_control_prune_whole_blocks(tmp_path):
     _search(tmp_path / "ticket", rounds=1, block="1x4").run()
     _search(tmp_path / "random", rounds=1, block="1x4", control="random_mask",
             replay_masks_from=str(tmp_path / "ticket")).run()
-    kernels = [_round_arrays(tmp_path / run, 1, "masks")["fc1/kernel"].T for run in ("ticket", "random")]
+    kernels = [round_arrays(tmp_path / run, 1, "masks")["fc1/kernel"].T for run in ("ticket", "random")]
     for kernel in kernels:  # [out, in]: 64 inputs in blocks of 4
         blocks = kernel.reshape(kernel.shape[0], -1, 4)
         assert np.all(blocks.min(axis=2) == blocks.max(axis=2))
@@ -332,10 +330,10 @@ def test_early_bird_ends_the_dense_round_early_and_prunes_to_the_target(tmp_path
     first_stable = next(end for end in range(3, len(distances) + 1) if max(distances[end - 3:end]) < 0.1)
     assert first_stable == len(distances)  # Stopped at the first check after three stable ones.
     assert 0.2 < ticket["density"] <= 0.3
-    trained = masking.get_prunable_weights(tf_lottery.mask(_build()), _round_arrays(tmp_path, 0, "trained_weights"))
+    trained = masking.get_prunable_weights(tf_lottery.mask(_build()), round_arrays(tmp_path, 0, "trained"))
     plan = compounded_plan(tf_lottery.PruningPlan(rate=0.2, output_rate=0.1, target_density=0.3),
-                           _round_arrays(tmp_path, 0, "masks"), "output")
-    _assert_same(_round_arrays(tmp_path, 1, "masks"), plan.prune(_round_arrays(tmp_path, 0, "masks"),
+                           round_arrays(tmp_path, 0, "masks"), "output")
+    _assert_same(round_arrays(tmp_path, 1, "masks"), plan.prune(round_arrays(tmp_path, 0, "masks"),
                                                                  tf_lottery.criteria.magnitude(trained, None),
                                                                  output_layer="output"))
 
@@ -349,16 +347,16 @@ def test_early_bird_and_gradual_pruning_exclude_replayed_masks(ticket_run, tmp_p
 
 def test_movement_rate_prunes_by_the_saved_statistics_and_resumes_exactly(tmp_path):
     _search(tmp_path / "whole", criterion="movement_rate").run()
-    statistics = _round_arrays(tmp_path / "whole", 0, "statistics")
-    masks = _round_arrays(tmp_path / "whole", 0, "masks")
+    statistics = round_arrays(tmp_path / "whole", 0, "statistics")
+    masks = round_arrays(tmp_path / "whole", 0, "masks")
     expected = tf_lottery.PruningPlan(rate=0.2, output_rate=0.1).prune(masks, statistics, output_layer="output")
-    _assert_same(_round_arrays(tmp_path / "whole", 1, "masks"), expected)
-    kept = _round_arrays(tmp_path / "whole", 1, "masks")["fc1/kernel"] == 1
+    _assert_same(round_arrays(tmp_path / "whole", 1, "masks"), expected)
+    kept = round_arrays(tmp_path / "whole", 1, "masks")["fc1/kernel"] == 1
     assert statistics["fc1/kernel"][~kept].max() <= statistics["fc1/kernel"][kept].min()
     _search(tmp_path / "split", criterion="movement_rate", rounds=1).run()
     _search(tmp_path / "split", criterion="movement_rate", resume=True).run()
     for name in ("masks", "statistics"):
-        _assert_same(_round_arrays(tmp_path / "split", 2, name), _round_arrays(tmp_path / "whole", 2, name))
+        _assert_same(round_arrays(tmp_path / "split", 2, name), round_arrays(tmp_path / "whole", 2, name))
 
 
 def test_runs_started_before_a_setting_existed_resume_with_its_default(tmp_path):
@@ -394,9 +392,9 @@ def test_a_pretrained_model_rewinds_to_the_weights_it_was_built_with(tmp_path):
     config = SearchConfig(rounds=1, epochs=1, batch_size=64)
     TicketSearch(build, DATA, config, str(tmp_path), verbose=0).run()
     expected = {v.path: value for v, value in zip(build().weights, pretrained)}
-    masks = _round_arrays(tmp_path, 1, "masks")
+    masks = round_arrays(tmp_path, 1, "masks")
     for index in (0, 1):
-        rewound = _round_arrays(tmp_path, index, "rewind_weights")
+        rewound = round_arrays(tmp_path, index, "rewind")
         for path, value in expected.items():
             kept = masks[path] if index and path in masks else 1
             np.testing.assert_array_equal(rewound[path], value * kept, err_msg=f"round {index} {path}")
@@ -423,4 +421,4 @@ def test_a_subclassed_model_is_searched_and_resumed(tmp_path):
     history = TicketSearch(build, DATA, dataclasses.replace(config, rounds=2), str(tmp_path), verbose=0,
                            resume=True).run()
     assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.81, 0.66]
-    assert set(_round_arrays(tmp_path, 2, "masks")) == {"subclassed/hidden/kernel", "subclassed/output/kernel"}
+    assert set(round_arrays(tmp_path, 2, "masks")) == {"subclassed/hidden/kernel", "subclassed/output/kernel"}

@@ -5,8 +5,6 @@ import json
 import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import keras
 import keras_tuner
@@ -14,14 +12,13 @@ import numpy as np
 import pytest
 
 import tf_lottery
-from tf_lottery import datasets, models, storage
-from tf_lottery.search import SearchConfig, TicketSearch, best_round
+from tf_lottery import models, storage
+from tf_lottery.search import SearchConfig, best_round
 from tf_lottery.tuning import LotteryTuner, build_search_space
 
-DATA = datasets.load("digits", seed=0)
+from conftest import DIGITS as DATA, run_script
+
 CONFIG = SearchConfig(rounds=None, target_density=0.7, epochs=1, batch_size=64)
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 # Raised inside keras-tuner's oracle lock (threading.currentThread), not by this package.
 pytestmark = pytest.mark.filterwarnings("ignore:(currentThread|getName):DeprecationWarning")
 
@@ -30,51 +27,81 @@ def _build():
     return models.lenet300_100(DATA.input_shape, DATA.num_classes)
 
 
-def _tuner(directory, config=CONFIG, **kwargs):
+def _tuner(directory, config=CONFIG, tuner=LotteryTuner, **kwargs):
     hp = keras_tuner.HyperParameters()
     hp.Float("prune_rate", 0.4, 0.5, step=0.1)  # One pruning round reaches the target: fast trials.
     options = {"max_trials": 2, "hyperparameters": hp, "directory": str(directory), "project_name": "project",
                **kwargs}
-    return LotteryTuner(_build, DATA, config, **options)
+    return tuner(_build, DATA, config, **options)
 
 
 class _Interrupted(KeyboardInterrupt):
     """Stands in for Ctrl-C / a kill: keras-tuner does not catch it."""
 
 
+class _RecordingTuner(LotteryTuner):
+    """Calls `on_round(trial_id, round)` whenever one of its trials starts training a round.
+
+    `round` is the number of rounds the trial's run directory holds then. `on_round` may return Keras
+    callbacks to add to that round's training. (A trial's `TicketSearch` trains the model `build_model`
+    returns, with one `fit` per round.)
+    """
+
+    def __init__(self, build_model, *args, on_round, **kwargs):
+        self.on_round = on_round
+        super().__init__(lambda: self.record_rounds(build_model()), *args, **kwargs)
+
+    def run_trial(self, trial, *args, **kwargs):
+        self.current_trial = trial
+        return super().run_trial(trial, *args, **kwargs)
+
+    def record_rounds(self, model):
+        fit = model.fit
+
+        def recording_fit(*args, callbacks=(), **kwargs):
+            history = os.path.join(self.result(self.current_trial)["run_dir"], "history.json")
+            index = len(storage.read_json(history)["rounds"]) if os.path.exists(history) else 0
+            extra = self.on_round(self.current_trial.trial_id, index) or []
+            return fit(*args, callbacks=[*callbacks, *extra], **kwargs)
+
+        model.fit = recording_fit
+        return model
+
+
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """A 2-trial run cut off inside trial 0's round 1, resumed, then resumed once more.
+    """A 2-trial run cut off after the first batch of trial 0's round 1, resumed, then resumed once more.
 
-    Returns (tuner, trained): `trained[session]` lists the (trial, round) pairs each
-    session trained.
+    Returns (tuner, trained, histories): `trained[session]` lists the (trial, round) pairs each session
+    started to train, and `histories[session]` maps each trial to its run's history after that session.
     """
     directory = tmp_path_factory.mktemp("tuning")
-    trained = []
-    train_round = TicketSearch._train_round
+    trained, histories = [], []
 
-    def recording(search, index, masks):
-        trial = pathlib.Path(search.run_dir).parent.name
-        if len(trained) == 1 and (trial, index) == ("trial_0", 1):
-            raise _Interrupted
+    def interrupt(batch, logs):
+        raise _Interrupted
+
+    def on_round(trial, index):
         trained[-1].append((trial, index))
-        return train_round(search, index, masks)
+        if len(trained) == 1 and (trial, index) == ("0", 1):
+            return [keras.callbacks.LambdaCallback(on_train_batch_end=interrupt)]
+        return None
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(TicketSearch, "_train_round", recording)
-        for session in range(3):
-            trained.append([])
-            tuner = _tuner(directory)
-            if session == 0:
-                with pytest.raises(_Interrupted):
-                    tuner.search(verbose=0)
-            else:
+    for session in range(3):
+        trained.append([])
+        tuner = _tuner(directory, tuner=_RecordingTuner, on_round=on_round)
+        if session == 0:
+            with pytest.raises(_Interrupted):
                 tuner.search(verbose=0)
-    return tuner, trained
+        else:
+            tuner.search(verbose=0)
+        histories.append({row["trial"]: storage.read_json(os.path.join(row["run_dir"], "history.json"))
+                          for row in tuner.results()})
+    return tuner, trained, histories
 
 
 def test_tuning_writes_one_search_and_ticket_per_trial(tuned):
-    tuner, _ = tuned
+    tuner, *_ = tuned
     rows = tuner.results()
     assert [row["trial"] for row in rows] == ["0", "1"]
     for row in rows:
@@ -93,14 +120,20 @@ def test_tuning_writes_one_search_and_ticket_per_trial(tuned):
 
 
 def test_resuming_finishes_the_cut_off_search_and_redoes_no_finished_work(tuned):
-    _, (first, second, third) = tuned
-    assert first == [("trial_0", 0)]
-    assert second == [("trial_0", 1), ("trial_1", 0), ("trial_1", 1)]  # trial_0 resumed after its round 0.
+    _, (first, second, third), histories = tuned
+    assert first == [("0", 0), ("0", 1)]  # Cut off in round 1, which is not saved.
+    assert second == [("0", 1), ("1", 0), ("1", 1)]  # trial_0 resumed after its round 0.
     assert third == []  # Nothing finished is run again.
+    after_cut, resumed, again = histories
+    assert {trial: [r["round"] for r in history["rounds"]] for trial, history in after_cut.items()} == {"0": [0]}
+    assert {trial: [r["round"] for r in history["rounds"]] for trial, history in resumed.items()} == \
+        {"0": [0, 1], "1": [0, 1]}
+    assert resumed["0"]["rounds"][0] == after_cut["0"]["rounds"][0]  # Round 0 was kept as it was.
+    assert again == resumed
 
 
 def test_the_best_ticket_loads_at_the_target_density_and_scores_its_objective(tuned):
-    tuner, _ = tuned
+    tuner, *_ = tuned
     best = tuner.best_result()
     assert best["objective"] == max(row["objective"] for row in tuner.results())
     ticket = tf_lottery.load_model(best["ticket"])
@@ -111,7 +144,7 @@ def test_the_best_ticket_loads_at_the_target_density_and_scores_its_objective(tu
 
 
 def test_resuming_with_other_settings_names_the_difference(tuned):
-    tuner, _ = tuned
+    tuner, *_ = tuned
     other = SearchConfig(rounds=None, target_density=0.7, epochs=2, batch_size=64)
     with pytest.raises(ValueError, match=r"Cannot resume .*epochs: project has 1, now 2"):
         _tuner(pathlib.Path(tuner.project_dir).parent, config=other)
@@ -181,8 +214,7 @@ def test_hyperparameters_that_set_no_config_field_are_an_error(tmp_path):
 
 
 def _binary(*args):
-    return subprocess.run([sys.executable, str(ROOT / "examples" / "tune_ticket.py"), "--dataset=digits", *args],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    return run_script("examples/tune_ticket.py", "--dataset=digits", *args, check=False)
 
 
 def test_binary_prints_the_results_table_and_the_best_ticket(tmp_path):
