@@ -422,3 +422,21 @@ def test_a_subclassed_model_is_searched_and_resumed(tmp_path):
                            resume=True).run()
     assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.81, 0.66]
     assert set(round_arrays(tmp_path, 2, "masks")) == {"subclassed/hidden/kernel", "subclassed/output/kernel"}
+
+
+def test_rounds_with_one_optimizer_setting_compile_the_model_once(tmp_path):
+    compiles = []
+
+    def build():
+        model = _build()
+        compile = model.compile
+        model.compile = lambda **kwargs: compiles.append(kwargs["optimizer"].get_config()) or compile(**kwargs)
+        return model
+
+    config = SearchConfig(rounds=3, epochs=None, iterations=20, batch_size=64)
+    TicketSearch(build, DATA, config, str(tmp_path / "constant"), verbose=0).run()
+    assert len(compiles) == 1  # Later rounds reset the optimizer's state instead.
+    compiles.clear()
+    config = dataclasses.replace(config, interim_iterations=10, lr_schedule="cosine")
+    TicketSearch(build, DATA, config, str(tmp_path / "cosine"), verbose=0).run()
+    assert [c["learning_rate"]["config"]["decay_steps"] for c in compiles] == [10, 20]  # Interim, then full.

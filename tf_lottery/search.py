@@ -245,6 +245,7 @@ class TicketSearch:
         self.store, self.write_store = RunStore(self.run_dir), RunStore(self.write_dir)
         keras.utils.set_random_seed(self.config.seed)
         self.model = self._build_masked()
+        self._compiled_settings = None  # The optimizer settings the model was last compiled with (see `_compile`).
         self.initial_weights = weights.snapshot(self.model)
         self.plan.check_names(masking.get_masks(self.model))
         self.replayed = self._load_replay()
@@ -467,9 +468,7 @@ class TicketSearch:
                                      self.plan.block, statistics)
             callbacks.insert(-1, gradual)
         with self.strategy.scope():
-            self.model.compile(optimizer=self._optimizer(index, total), metrics=["accuracy"],
-                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                               jit_compile=config.jit_compile)
+            self._compile(self._optimizer(index, total))
             fit_kwargs = dict(epochs=total // period, steps_per_epoch=period, callbacks=callbacks)
             if distribute.is_multi_worker(self.strategy):
                 distribute.fit_with_strategy_run(self.model, self._train_dataset(index, total),
@@ -531,6 +530,22 @@ class TicketSearch:
             "learning_rate": self.config.learning_rate,
             "curve": curve,
         }
+
+    def _compile(self, optimizer):
+        """Compiles the model with `optimizer`; if the last round's optimizer had the same configuration, only
+        sets that optimizer's state to `optimizer`'s fresh one, so the train and test steps are traced once per
+        search, not once per round."""
+        settings = keras.optimizers.serialize(optimizer)
+        settings["config"].pop("name")  # Unique per instance ("adam_1"), not a setting.
+        if self.model.compiled and settings == self._compiled_settings:
+            optimizer.build(self.model.trainable_variables)
+            for variable, fresh in zip(self.model.optimizer.variables, optimizer.variables, strict=True):
+                variable.assign(fresh)
+            return
+        self.model.compile(optimizer=optimizer, metrics=["accuracy"],
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           jit_compile=self.config.jit_compile)
+        self._compiled_settings = settings
 
     def _optimizer(self, index, total):
         config = self.config
