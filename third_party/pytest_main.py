@@ -14,7 +14,8 @@ uses this file as `main` and passes its own test file as an argument, e.g.
 
 The working directory is the target's runfiles tree, which mirrors the
 repository, so `pyproject.toml` (listed in `data`) supplies the same pytest
-settings as a plain `pytest` run - including `addopts = "-m 'not slow'"`.
+settings as a plain `pytest` run - including `addopts = "-m 'not slow'"` (but not its
+pytest-xdist workers).
 Bazel's test-runner conventions are honoured: results go to $XML_OUTPUT_FILE
 (JUnit XML) and `bazel test --test_filter=EXPR` becomes `pytest -k EXPR`.
 Extra pytest flags can be given with `--test_arg=...`.
@@ -35,6 +36,7 @@ def main(argv: list[str]) -> int:
         "-c", "pyproject.toml",
         "--rootdir", os.getcwd(),
         "-p", "no:cacheprovider",
+        "-n", "0",  # One file per target, and Bazel runs targets in parallel: no pytest-xdist workers.
     ]
     xml_output = os.environ.get("XML_OUTPUT_FILE")
     if xml_output:
