@@ -210,7 +210,7 @@ def test_read_idx_big_endian_int32(tmp_path):
         (b"\x00\x00\x08\x03" + struct.pack(">I", 2), "truncated"),
         (idx_bytes(np.zeros((2, 3), np.uint8))[:-1], "truncated"),
         (idx_bytes(np.zeros((2, 3), np.uint8)) + b"\x00", "trailing bytes"),
-        (gzip.compress(idx_bytes(np.zeros((50, 50), np.uint8)))[:-10], "corrupt gzip"),
+        (gzip.compress(idx_bytes(np.zeros((50, 50), np.uint8)), mtime=0)[:-10], "corrupt gzip"),
     ],
 )
 def test_read_idx_rejects_bad_files(tmp_path, content, message):
