@@ -211,3 +211,12 @@ def test_prune_to_counts_keeps_the_best_weights_or_blocks_of_each_mask():
     np.testing.assert_array_equal(blocks["a/kernel"], [[1, 0], [1, 0], [0, 1], [0, 1]])
     assert pruning.count_survivors(blocks, block=(1, 2)) == {"a/kernel": 2, "b/kernel": 3}
     assert pruning.count_survivors(kept) == {"a/kernel": 3, "b/kernel": 3}
+
+
+def test_compounded_plan_matches_iterated_rounds():
+    masks = {"a/kernel": np.ones((50, 40), np.float32), "output/kernel": np.ones((40, 10), np.float32)}
+    plan = PruningPlan(rate=0.2, output_rate=0.1)
+    one_shot = pruning.compounded_plan(plan, masks, "output", rounds=3).prune(
+        masks, {k: np.ones_like(v) for k, v in masks.items()}, output_layer="output")
+    assert one_shot["a/kernel"].mean() == pytest.approx(0.8 ** 3, abs=1e-3)
+    assert one_shot["output/kernel"].mean() == pytest.approx(0.9 ** 3, abs=3e-3)

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 import tf_lottery
 from tf_lottery import masking, models, pruning, storage, weights
-from tf_lottery.search import SearchConfig, TicketSearch, compounded_plan, read_run_config
+from tf_lottery.pruning import compounded_plan
+from tf_lottery.search import SearchConfig, TicketSearch, read_run_config
 
 from conftest import DIGITS, round_arrays
 
@@ -209,15 +210,6 @@ def test_a_round_shorter_than_gradual_iterations_fails_before_it_trains(tmp_path
 def test_target_density_stops_the_search(tmp_path):
     history = _search(tmp_path, rounds=None, target_density=0.7, output_prune_rate=None).run()
     assert [round(r["density"], 2) for r in history["rounds"]] == [1.0, 0.8, 0.64]
-
-
-def test_compounded_plan_matches_iterated_rounds():
-    masks = {"a/kernel": np.ones((50, 40), np.float32), "output/kernel": np.ones((40, 10), np.float32)}
-    plan = tf_lottery.PruningPlan(rate=0.2, output_rate=0.1)
-    one_shot = compounded_plan(plan, masks, "output", rounds=3).prune(
-        masks, {k: np.ones_like(v) for k, v in masks.items()}, output_layer="output")
-    assert one_shot["a/kernel"].mean() == pytest.approx(0.8 ** 3, abs=1e-3)
-    assert one_shot["output/kernel"].mean() == pytest.approx(0.9 ** 3, abs=3e-3)
 
 
 def test_an_existing_run_is_never_clobbered(ticket_run):

@@ -175,7 +175,7 @@ class EarlyBirdStopping(keras.callbacks.Callback):
     weights of a masked model and their `mask_distance` to the masks drawn one
     epoch before. Training stops once the last `patience` distances are all
     below `threshold`; `masks` is then the early-bird ticket. Draw with a plan
-    of the density you will prune to (e.g. `search.compounded_plan`), as the
+    of the density you will prune to (e.g. `pruning.compounded_plan`), as the
     paper does.
 
     Args:

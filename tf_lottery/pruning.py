@@ -137,6 +137,28 @@ class PruningPlan:
             raise ValueError(f"The plan names layers the model does not have: {unknown}. Known: {sorted(known)}.")
 
 
+def compounded_plan(plan, masks, output_layer, rounds=None, steps=1):
+    """A plan that prunes in `steps` equal steps what `plan` prunes from `masks` in several rounds.
+
+    The number of rounds is `rounds`, or (if None) the fewest that bring the
+    global density to `plan.target_density`. Each step removes the same
+    fraction of the survivors of every layer.
+    """
+    if rounds is None:
+        rounds, simulated = 0, masks
+        ones = {key: np.ones_like(mask) for key, mask in masks.items()}
+        while masking.density(simulated) > plan.target_density + 1e-9:
+            simulated = plan.prune(simulated, ones, output_layer=output_layer)
+            rounds += 1
+    layer_rates = {}
+    for key in masks:
+        rate = plan.rate_for(key, output_layer)
+        if rate is not None and rate != plan.rate:
+            layer_rates[key] = 1 - (1 - rate) ** (rounds / steps)
+    return dataclasses.replace(plan, rate=1 - (1 - plan.rate) ** (rounds / steps), output_rate=None,
+                               layer_rates=layer_rates)
+
+
 class _BlockGrid:
     """Views a weight array as blocks of a `PruningPlan.block`.
 

@@ -24,7 +24,7 @@ from tf_lottery import criteria, distribute, environment, masking, run_store, st
 from tf_lottery.run_store import RunDirError, RunStore, empty_history
 from tf_lottery.callbacks import (UNITS, EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker,
                                   parse_rewind_point)
-from tf_lottery.pruning import SCOPES, PruningPlan, parse_block, random_masks_like
+from tf_lottery.pruning import SCOPES, PruningPlan, compounded_plan, parse_block, random_masks_like
 
 REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
 CONTROLS = ("reinit", "random_mask")
@@ -619,25 +619,3 @@ def best_round(rounds, max_accuracy_drop=0.005):
     floor = rounds[0]["val_accuracy"] - max_accuracy_drop
     eligible = [r for r in rounds if r["val_accuracy"] >= floor]
     return min(eligible, key=lambda r: r["density"])["round"]
-
-
-def compounded_plan(plan, masks, output_layer, rounds=None, steps=1):
-    """A plan that prunes in `steps` equal steps what `plan` prunes from `masks` in several rounds.
-
-    The number of rounds is `rounds`, or (if None) the fewest that bring the
-    global density to `plan.target_density`. Each step removes the same
-    fraction of the survivors of every layer.
-    """
-    if rounds is None:
-        rounds, simulated = 0, masks
-        ones = {key: np.ones_like(mask) for key, mask in masks.items()}
-        while masking.density(simulated) > plan.target_density + 1e-9:
-            simulated = plan.prune(simulated, ones, output_layer=output_layer)
-            rounds += 1
-    layer_rates = {}
-    for key in masks:
-        rate = plan.rate_for(key, output_layer)
-        if rate is not None and rate != plan.rate:
-            layer_rates[key] = 1 - (1 - rate) ** (rounds / steps)
-    return dataclasses.replace(plan, rate=1 - (1 - plan.rate) ** (rounds / steps), output_rate=None,
-                               layer_rates=layer_rates)
