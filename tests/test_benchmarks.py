@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/mask_overhead.py and search_cost.py: they run and write the documented JSON.
+"""Smoke tests of benchmarks/mask_overhead.py, search_cost.py and round_overhead.py: they run and write the documented JSON.
 
 Timings are not tested; only that they are measured (positive numbers) and that the ratios and verdicts
 the benchmark reports follow from them.
@@ -12,6 +12,8 @@ import subprocess
 import sys
 
 import pytest
+
+from conftest import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio", "repeats", "steps", "batch_size")
@@ -103,3 +105,19 @@ def test_search_cost_runs_the_modes_asked_for_beside_imp(tmp_path):
     bad = subprocess.run([sys.executable, "benchmarks/search_cost.py", "--quick", "--modes=three_rounds"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--modes has ['three_rounds']" in bad.stderr
+
+
+def test_round_overhead_quick(tmp_path):
+    output = tmp_path / "round_overhead.json"
+    result = run_script("benchmarks/round_overhead.py", "--quick", "--models=lenet300_100", f"--output={output}")
+    report = json.loads(output.read_text())
+    assert json.loads(result.stdout) == report
+    entry = report["models"]["lenet300_100"]
+    rounds = report["settings"]["rounds"]
+    assert [len(fits) for fits in entry["plain_seconds"]] == [len(r) for r in entry["round_seconds"]] == [rounds]
+    ratios = [r / p for fits, seconds in zip(entry["plain_seconds"], entry["round_seconds"])
+              for r, p in zip(seconds, fits)]
+    assert entry["round_ratio"] == statistics.median(ratios) > 0
+    assert entry["search_ratio"] == statistics.median(
+        [s / sum(fits) for s, fits in zip(entry["search_seconds"], entry["plain_seconds"])])
+    assert entry["meets_target"] is (max(entry["round_ratio"], entry["search_ratio"]) <= 1.05)
