@@ -53,8 +53,8 @@ def main(argv):
     run_dir, output_dir = FLAGS.run_dir, FLAGS.output_dir or os.path.join(FLAGS.run_dir, "analysis")
     try:
         config = read_run_config(run_dir)
-        history = RunStore(run_dir).read_history()
-        signature = RunStore(run_dir).read_record()["signature"]
+        store = RunStore(run_dir)
+        history, signature = store.read_history(), store.read_record()["signature"]
         scales, epsilons = [float(s) for s in FLAGS.noise_scales], [float(e) for e in FLAGS.epsilons]
     except (storage.CorruptFileError, ValueError) as error:
         raise app.UsageError(f"Cannot analyze {run_dir}: {error}") from None
@@ -72,8 +72,8 @@ def main(argv):
     verbose = int(FLAGS.verbose)
     control_dir = os.path.join(output_dir, "reinit_control")
     analysis.replay(run_dir, run_dir, control_dir, build, data, index, control="reinit", verbose=verbose)
-    networks = {"ticket": RunStore(run_dir).restore_round(masking.mask(build()), index),
-                "dense": RunStore(run_dir).restore_round(masking.mask(build()), 0),
+    networks = {"ticket": store.restore_round(masking.mask(build()), index),
+                "dense": store.restore_round(masking.mask(build()), 0),
                 "reinit": RunStore(control_dir).restore_round(masking.mask(build()), index)}
     images, labels = data.x_test[:FLAGS.samples], data.y_test[:FLAGS.samples]
     report = {
