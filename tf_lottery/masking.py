@@ -10,8 +10,10 @@ variables themselves after every step, whatever momentum, Adam moments or
 weight decay would do to them. The forward pass is the model's own: masking
 adds no work to it, and no layer is wrapped or cloned.
 
-A mask key is the Keras variable path of its weight, e.g. `"dense/kernel"` or
-`"transformer_layer_0/self_attention_layer/query/kernel"`.
+A mask key is the Keras variable path of its weight relative to the model, e.g.
+`"dense/kernel"` or `"transformer_layer_0/self_attention_layer/query/kernel"`
+(a Sequential or subclassed model's own name is left out, so two instances of
+one architecture share their keys).
 
 The masks live beside the model rather than in it: `model.weights`,
 `get_weights()`, `summary()` and exported SavedModels are those of the plain

@@ -143,13 +143,18 @@ def find_prunable(model, skip=DENSE_BY_DEFAULT, registry=None):
     """
     order = weights_by_path(model)
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
-    unused = sorted(set(skip) - set(DENSE_BY_DEFAULT) - {p for p in skip for path in order if matches(path, p)})
+    paths = {id(variable): (key, variable.path) for key, variable in order.items()}  # Relative and full.
+
+    def named(variable, pattern):
+        return any(matches(path, pattern) for path in paths.get(id(variable), (variable.path,)))
+
+    unused = sorted(set(skip) - set(DENSE_BY_DEFAULT) - {p for p in skip for v in order.values() if named(v, p)})
     if unused:
         raise ValueError(f"skip names weights that model '{model.name}' does not have: {unused}. Patterns match "
                          "variable paths (see [v.path for v in model.weights]) or layer names in them.")
 
     def kept(variable):
-        return not any(matches(variable.path, pattern) for pattern in skip)
+        return not any(named(variable, pattern) for pattern in skip)
 
     chosen, unregistered = {}, []
     for layer in all_layers(model):
@@ -163,16 +168,26 @@ def find_prunable(model, skip=DENSE_BY_DEFAULT, registry=None):
             own = {name: variable.path for name, variable in _own_trainable_weights(layer).items() if kept(variable)}
             if own:
                 unregistered.append((layer, own))
-    weights = {variable.path: variable for variable in order.values() if id(variable) in chosen}
+    weights = {key: variable for key, variable in order.items() if id(variable) in chosen}
     return Found(weights, unregistered)
 
 
 def weights_by_path(model):
-    """`{variable path: variable}` of `model.weights`; raises if two weights share a path."""
+    """`{key: variable}` of `model.weights`, each keyed by its variable path relative to `model`.
+
+    A Sequential or subclassed model creates its weights inside its own name
+    scope ("sequential_3/dense/kernel"), and Keras numbers the names of models
+    it names itself; the model's own name is left out of the key ("dense/kernel"),
+    so two instances of one architecture have the same keys. Raises if two
+    weights share a key.
+    """
+    prefix = f"{model.name}/"
+    relative = all(variable.path.startswith(prefix) for variable in model.weights)
     paths = {}
     for variable in model.weights:
-        if paths.setdefault(variable.path, variable) is not variable:
-            raise ValueError(f"Two weights of model '{model.name}' share the path '{variable.path}', so masks "
+        key = variable.path.removeprefix(prefix) if relative else variable.path
+        if paths.setdefault(key, variable) is not variable:
+            raise ValueError(f"Two weights of model '{model.name}' share the path '{key}', so masks "
                              "and rewind points cannot tell them apart: give their layers unique names.")
     return paths
 
