@@ -11,6 +11,10 @@ control (see `tf_lottery.analysis.transfer`).
 
     python examples/analyze_ticket.py --run_dir=runs/fashion --transfer_from=runs/lenet
 
+The network is rebuilt from the run's model.keras; runs started before it was
+kept need --model, the built-in network they searched. The analysis measures
+accuracy, so it serves classifiers with one input.
+
 Writes analysis.json and analysis.png to --output_dir (default: RUN_DIR/analysis).
 """
 
@@ -21,13 +25,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags  # noqa: E402
 
-from tf_lottery import analysis, cli, datasets, masking, models, plots, storage, weights  # noqa: E402
-from tf_lottery.run_store import RunStore  # noqa: E402
+import keras  # noqa: E402
+
+from tf_lottery import analysis, cli, data_sources, masking, models, plots, storage, weights  # noqa: E402
+from tf_lottery.run_store import MODEL_FILE, RunStore  # noqa: E402
 from tf_lottery.search import read_run_config  # noqa: E402
 
 flags.DEFINE_string("run_dir", None, "Run directory of a ticket search (examples/find_ticket.py).", required=True)
 flags.DEFINE_string("output_dir", None, "Where to write the results and the control runs (default: RUN_DIR/analysis).")
-flags.DEFINE_enum("model", "lenet300_100", sorted(models.MODELS), "The network the run searched.")
+flags.DEFINE_enum("model", None, sorted(models.MODELS), "For runs without model.keras: the built-in network the "
+                  "run searched.")
 flags.DEFINE_string("data_dir", None, "Folder holding the dataset files, for datasets that need them.")
 flags.DEFINE_integer("round", None, "Round whose ticket to analyze (default: the run's best round).", lower_bound=1)
 flags.DEFINE_list("noise_scales", [str(s) for s in analysis.NOISE_SCALES], "Weight noise scales s (x layer std).")
@@ -44,6 +51,16 @@ def _print_table(title, columns, rows):
     print(f"\n{title:<14}" + "".join(f"{column:>8}" for column in columns))
     for name, values in rows.items():
         print(f"{name:<14}" + "".join(f"{value:8.3f}" for value in values))
+
+
+def _builder(store, data):
+    """The network of the run: its model.keras (with its starting weights), or --model for older runs."""
+    if FLAGS.model:
+        return functools.partial(models.get(FLAGS.model), data.input_shape, data.num_classes)
+    if not os.path.exists(store.path(MODEL_FILE)):
+        raise app.UsageError(f"{store.run_dir} has no {MODEL_FILE} (it was started before runs kept their model): "
+                             "pass --model, the built-in network it searched.")
+    return functools.partial(keras.saving.load_model, store.path(MODEL_FILE))
 
 
 @cli.reports_user_errors
@@ -63,8 +80,8 @@ def main(argv):
         raise app.UsageError(f"{run_dir} has rounds 0 to {len(history['rounds']) - 1} and its best round is "
                              f"{history['best_round']}; pass --round=N for a pruned round (N >= 1) it has.")
     dataset = signature["dataset"]["name"]
-    data = datasets.load(dataset, data_dir=FLAGS.data_dir, seed=config.seed)
-    build = functools.partial(models.get(FLAGS.model), data.input_shape, data.num_classes)
+    data = data_sources.load(dataset, data_dir=FLAGS.data_dir, seed=config.seed, batch_size=config.batch_size)
+    build = _builder(store, data)
     shapes = {path: list(value.shape) for path, value in weights.snapshot(build()).items()}
     if shapes != signature["weights"]:
         raise app.UsageError(f"{run_dir} did not search --model={FLAGS.model} (its weights differ); "
@@ -75,7 +92,7 @@ def main(argv):
     networks = {"ticket": store.restore_round(masking.mask(build()), index),
                 "dense": store.restore_round(masking.mask(build()), 0),
                 "reinit": RunStore(control_dir).restore_round(masking.mask(build()), index)}
-    images, labels = data.x_test[:FLAGS.samples], data.y_test[:FLAGS.samples]
+    images, labels = data.take("test" if data.test is not None else "validation", FLAGS.samples)
     report = {
         "run_dir": os.path.abspath(run_dir), "dataset": dataset, "round": index, "samples": len(images),
         "density": {name: masking.sparsity_report(model)["density"] for name, model in networks.items()},

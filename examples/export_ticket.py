@@ -2,8 +2,9 @@
 
     python examples/export_ticket.py --run_dir=runs/lenet --output_dir=runs/lenet/export
 
-The ticket is the round given by --round, or else the sparsest round whose
-validation accuracy is within --max_accuracy_drop of the dense round 0. The
+The ticket is the round given by --round, or else the run's best round (the
+sparsest whose monitored validation metric is within the run's tolerance of the
+dense round 0's). The
 run's dataset (from run.json) provides the inputs for int8 calibration, PQAT
 fine-tuning and the parity checks. --output_dir receives `saved_model/`, one
 `<variant>.tflite` per --variants entry (see `tf_lottery.export.VARIANTS`) and
@@ -23,14 +24,11 @@ import os
 
 from absl import app, flags
 
-from tf_lottery import cli, datasets, export, extras, search
+from tf_lottery import cli, data_sources, export, extras
 from tf_lottery.run_store import RunStore
 
 flags.DEFINE_string("run_dir", None, "A ticket-search run directory (examples/find_ticket.py --output_dir).")
-flags.DEFINE_integer("round", None, "Round to export (default: the best round within --max_accuracy_drop).",
-                     lower_bound=0)
-flags.DEFINE_float("max_accuracy_drop", 0.005, "Largest validation-accuracy drop from round 0 for the default "
-                   "round, as a fraction (0.005 = half a point).", lower_bound=0)
+flags.DEFINE_integer("round", None, "Round to export (default: the run's best round).", lower_bound=0)
 flags.DEFINE_string("output_dir", None, "Folder for the exported files and export_report.json.")
 flags.DEFINE_string("data_dir", None, "Folder holding the run's dataset files, for datasets that need them.")
 # pqat needs the `pqat` extra (TF Model Optimization): the default leaves it out when that is not installed.
@@ -47,18 +45,19 @@ FLAGS = flags.FLAGS
 def _load_run():
     """(the round's masked model, its metrics, its dataset) from --run_dir and the flags."""
     store = RunStore(FLAGS.run_dir)
-    run, rounds = store.read_record(), store.read_history()["rounds"]
+    run, history = store.read_record(), store.read_history()
+    rounds = history["rounds"]
     if not rounds:
         raise app.UsageError(f"{FLAGS.run_dir} has no completed round yet.")
-    index = FLAGS.round if FLAGS.round is not None else search.best_round(rounds, FLAGS.max_accuracy_drop)
+    index = FLAGS.round if FLAGS.round is not None else history["best_round"]
     if index >= len(rounds):
         raise app.UsageError(f"--round={index}, but {FLAGS.run_dir} has rounds 0 to {len(rounds) - 1}.")
     dataset = run["signature"]["dataset"]
-    data = datasets.load(dataset["name"], data_dir=FLAGS.data_dir, seed=run["config"]["seed"])
-    if list(data.x_train.shape) != dataset["shapes"]["train"]:
-        raise app.UsageError(f"The {dataset['name']} data found has training inputs of shape "
-                             f"{list(data.x_train.shape)}, the run used {dataset['shapes']['train']}; "
-                             "point --data_dir at the run's data.")
+    data = data_sources.load(dataset["name"], data_dir=FLAGS.data_dir, seed=run["config"]["seed"],
+                             batch_size=run["config"]["batch_size"])
+    if data.describe()["shapes"] != dataset["shapes"]:
+        raise app.UsageError(f"The {dataset['name']} data found has sets of shapes {data.describe()['shapes']}, "
+                             f"the run used {dataset['shapes']}; point --data_dir at the run's data.")
     return export.load_ticket(FLAGS.run_dir, index), rounds[index], data
 
 
@@ -67,9 +66,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     model, metrics, data = _load_run()
-    print(f"Round {metrics['round']}: {metrics['density']:.2%} of weights remaining, validation accuracy "
-          f"{metrics['val_accuracy']:.4f}, test accuracy {metrics['test_accuracy']:.4f}.")
-    sample = data.x_train[:export.PARITY_SAMPLES]
+    shown = ", ".join(f"{name} {metrics[name]:.4f}" for name in ("val_loss", "val_accuracy", "test_accuracy")
+                      if name in metrics)
+    print(f"Round {metrics['round']}: {metrics['density']:.2%} of weights remaining, {shown}.")
+    sample = data.take("train", export.PARITY_SAMPLES)[0]
     entries = {"saved_model": export.export_saved_model(model, os.path.join(FLAGS.output_dir, "saved_model"),
                                                         representative_data=sample)}
     for variant in FLAGS.variants:

@@ -11,19 +11,26 @@ from its last complete round. A control run at the ticket's exact densities:
 
     python examples/find_ticket.py --output_dir=runs/reinit --control=reinit \
         --replay_masks_from=runs/lenet
+
+Your own model and data: a saved Keras model (its architecture, compile
+settings and weights, where round 0 starts) and `npz:PATH` (arrays x_train,
+y_train, optional x_val/y_val and x_test/y_test), `images:DIR` (one folder of
+images per class) or `tfds:NAME` (a TensorFlow Datasets dataset prepared under
+--data_dir):
+
+    python examples/find_ticket.py --model=my_model.keras --data=npz:my_data.npz \
+        --iterations=2000 --monitor=val_auc --output_dir=runs/mine
 """
 
 import os
 
 from absl import app, flags
 
-from tf_lottery import cli, datasets, distribute, models
+from tf_lottery import cli, distribute
 from tf_lottery.run_store import RunStore
 from tf_lottery.search import SearchConfig, TicketSearch
 
-flags.DEFINE_enum("model", "lenet300_100", sorted(models.MODELS), "Network to prune.")
-flags.DEFINE_enum("dataset", "mnist_subset", list(datasets.NAMES), "Dataset (all offline).")
-flags.DEFINE_string("data_dir", None, "Folder holding the dataset files, for datasets that need them.")
+cli.define_model_and_data_flags()
 flags.DEFINE_string("output_dir", "runs/find_ticket", "Run directory: checkpoints, history, best ticket.")
 flags.DEFINE_string("replay_masks_from", None, "Run directory whose round masks to reuse (for controls).")
 flags.DEFINE_boolean("resume", False, "Continue the run in --output_dir from its last complete round.")
@@ -49,11 +56,8 @@ def main(argv):
         overrides["rounds"] = None  # --target_density alone: prune until it is reached.
     strategy = distribute.strategy_from_flag(FLAGS.strategy)
     config = cli.config_from_flags(SearchConfig, **overrides)
-    data = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir, seed=config.seed)
-    build = models.get(FLAGS.model)
-    print(f"Data: {data.name} from {data.source}: {len(data.x_train)} train, {len(data.x_val)} validation, "
-          f"{len(data.x_test)} test images.")
-    search = TicketSearch(lambda: build(data.input_shape, data.num_classes), data, config, FLAGS.output_dir,
+    build, data = cli.model_and_data(seed=config.seed, batch_size=config.batch_size)
+    search = TicketSearch(build, data, config, FLAGS.output_dir,
                           replay_masks_from=FLAGS.replay_masks_from, resume=FLAGS.resume,
                           overwrite=FLAGS.overwrite, verbose=int(FLAGS.verbose), tensorboard=FLAGS.tensorboard,
                           strategy=strategy)

@@ -7,13 +7,22 @@ an interrupted tuning run (finished trials are not run again):
 
     python examples/tune_ticket.py --output_dir=runs/tune --max_trials=10 --target_density=0.2
     python examples/tune_ticket.py --output_dir=runs/tune_bo --oracle=bayesian --objective=density
+
+--model and --data take what examples/find_ticket.py takes: a built-in network or a saved Keras
+model, PATH.keras, and a built-in dataset, npz:PATH, images:DIR or tfds:NAME:
+
+    python examples/tune_ticket.py --model=my_model.keras --data=npz:my_data.npz --output_dir=runs/tune_mine
+
+Both objectives score validation accuracy (val_accuracy), so the model must be a classifier that
+reports accuracy: the built-in networks do; compile a saved model with metrics=["accuracy"]. A saved
+compiled model trains with its own optimizer, so its learning rate is not tuned.
 """
 
 import os
 
 from absl import app, flags
 
-from tf_lottery import cli, datasets, models, tuning
+from tf_lottery import cli, tuning
 from tf_lottery.search import SearchConfig
 
 flags.DEFINE_integer("max_trials", 10, "Trials to run (random and bayesian oracles).", lower_bound=1)
@@ -24,9 +33,7 @@ flags.DEFINE_enum("objective", "accuracy", sorted(tuning.OBJECTIVES),
                   "accuracy is within --tolerance of the dense network's.")
 flags.DEFINE_float("tolerance", 0.005, "Largest validation-accuracy drop for --objective=density.", lower_bound=0)
 flags.DEFINE_enum("oracle", "random", sorted(tuning.ORACLES), "keras-tuner oracle.")
-flags.DEFINE_enum("model", "lenet300_100", sorted(models.MODELS), "Network to prune.")
-flags.DEFINE_enum("dataset", "mnist_subset", list(datasets.NAMES), "Dataset (all offline).")
-flags.DEFINE_string("data_dir", None, "Folder holding the dataset files, for datasets that need them.")
+cli.define_model_and_data_flags()
 flags.DEFINE_integer("epochs", 2, "Training epochs per round (hyperband: the maximum).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "One seed for the oracle and every trial's search.")
 flags.DEFINE_string("output_dir", "runs/tune_ticket", "Tuning project directory: one folder per trial.")
@@ -39,11 +46,12 @@ def _format(value):
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def print_results(rows):
-    """Prints one line per trial: id, status, objective and the hyperparameters it tried."""
+def print_results(rows, fixed=()):
+    """Prints one line per trial: id, status, objective and the hyperparameters it tried (not those in `fixed`)."""
     print(f"\n{'trial':<6} {'status':<10} {tuning.OBJECTIVES[FLAGS.objective].name:>12}  hyperparameters")
     for row in rows:
-        tried = ", ".join(f"{name}={_format(value)}" for name, value in row["hyperparameters"].items())
+        tried = ", ".join(f"{name}={_format(value)}" for name, value in row["hyperparameters"].items()
+                          if name not in fixed)
         print(f"{row['trial']:<6} {row['status']:<10} {_format(row['objective']):>12}  {tried}")
 
 
@@ -53,14 +61,18 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     output_dir = os.path.abspath(FLAGS.output_dir)
     config = SearchConfig(rounds=None, target_density=FLAGS.target_density, epochs=FLAGS.epochs, seed=FLAGS.seed)
-    data = datasets.load(FLAGS.dataset, data_dir=FLAGS.data_dir, seed=config.seed)
-    build = models.get(FLAGS.model)
-    tuner = tuning.LotteryTuner(lambda: build(data.input_shape, data.num_classes), data, config,
-                                FLAGS.oracle, objective=FLAGS.objective, tolerance=FLAGS.tolerance,
-                                max_trials=FLAGS.max_trials, directory=os.path.dirname(output_dir),
+    build, data = cli.model_and_data(seed=config.seed, batch_size=config.batch_size)
+    # A compiled model trains with its own optimizer: the search's learning rate stays at its default.
+    fixed = {"learning_rate": config.learning_rate} if build().compiled else {}
+    hyperparameters = tuning.keras_tuner.HyperParameters()
+    for name, value in fixed.items():
+        hyperparameters.Fixed(name, value)
+    tuner = tuning.LotteryTuner(build, data, config, FLAGS.oracle, objective=FLAGS.objective,
+                                tolerance=FLAGS.tolerance, max_trials=FLAGS.max_trials,
+                                hyperparameters=hyperparameters, directory=os.path.dirname(output_dir),
                                 project_name=os.path.basename(output_dir), overwrite=FLAGS.overwrite)
     tuner.search()
-    print_results(tuner.results())
+    print_results(tuner.results(), fixed=fixed)
     best = tuner.best_result()
     print(f"\nBest ticket: trial {best['trial']}, round {best['round']} of {best['run_dir']}: {best['ticket']}\n"
           f"Export it: python examples/export_ticket.py --run_dir={best['run_dir']} --round={best['round']} "

@@ -20,7 +20,7 @@ from tf_lottery import extras
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**{key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
-BLOCKED = ("keras_tuner", "tensorflow_model_optimization", "tf_keras", "matplotlib", "sklearn")
+BLOCKED = ("keras_tuner", "tensorflow_model_optimization", "tf_keras", "matplotlib", "sklearn", "tensorflow_datasets")
 PREAMBLE = f"import sys\nsys.modules.update(dict.fromkeys({BLOCKED!r}))\n"
 
 # Imports the library and uses each optional feature; prints {check: result} as JSON on its last line.
@@ -28,7 +28,7 @@ FEATURES = PREAMBLE + """
 import importlib, json, os, tempfile
 import keras, numpy as np
 import tf_lottery
-from tf_lottery import datasets, export, extras
+from tf_lottery import data_sources, datasets, export, extras
 
 def error(call):
     try:
@@ -49,6 +49,7 @@ print(json.dumps({
                                                representative_data=sample)),
     "legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"),
     "datasets": error(lambda: datasets.load("digits")),
+    "tfds": error(lambda: data_sources.parse("tfds:mnist")),
 }))
 """
 
@@ -84,6 +85,7 @@ def test_the_library_and_its_core_export_work_and_each_feature_names_its_extra(c
                               "pip install 'tf-lottery[pqat]'")
     assert checks["legacy_keras"] is None
     assert checks["datasets"] == "the digits dataset needs scikit-learn: pip install 'tf-lottery[datasets]'"
+    assert checks["tfds"] == "tfds:mnist needs tensorflow-datasets: pip install 'tf-lottery[tfds]'"
 
 
 def test_the_main_binaries_start_without_the_extras(core_only):

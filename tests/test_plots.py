@@ -11,6 +11,8 @@ from matplotlib.image import imread
 
 from tf_lottery import plots, storage
 
+from conftest import run_script
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -31,8 +33,38 @@ def synthetic_history(seed=0, rounds=6, iterations=400, period=50, start=0.85):
         entries.append({"round": index, "density": density, "layer_density": {"fc1/kernel": density},
                         "iterations": iterations, "test_accuracy": curve[-1]["test_accuracy"],
                         "val_accuracy": curve[-1]["val_accuracy"], "early_stop_iteration": early["iteration"],
-                        "early_stop_test_accuracy": early["test_accuracy"], "seconds": 1.0 + index, "curve": curve})
+                        "early_stop_test_accuracy": early["test_accuracy"],
+                        "early_stop_val_accuracy": early["val_accuracy"], "seconds": 1.0 + index, "curve": curve})
     return {"rounds": entries, "best_round": 0}
+
+
+def regression_history(rounds=4, iterations=400, period=50):
+    """A regression run's history: val_loss and val_mae, no test set; early stops at min val_mae (iteration 250)."""
+    rng = np.random.default_rng(0)
+    entries = []
+    for index in range(rounds):
+        curve = [{"iteration": step, "val_loss": 2.0 - step / iterations + 0.05 * rng.random(),
+                  "val_mae": 1.0 + (step / iterations - 0.6) ** 2 + 0.01 * index}
+                 for step in range(period, iterations + 1, period)]
+        early = min(curve, key=lambda point: point["val_mae"])
+        entries.append({"round": index, "density": 0.8 ** index, "iterations": iterations, "train_loss": 1.0,
+                        "train_mae": 0.8, "val_loss": curve[-1]["val_loss"], "val_mae": curve[-1]["val_mae"],
+                        "early_stop_iteration": early["iteration"], "early_stop_val_loss": early["val_loss"],
+                        "early_stop_val_mae": early["val_mae"], "seconds": 1.0, "curve": curve})
+    return {"rounds": entries, "best_round": 0}
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """`{file name: axes}` of every figure plots writes."""
+    drawn, save = {}, plots._save
+
+    def recording(figure, path):
+        drawn[pathlib.Path(path).name] = figure.axes[0]
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "_save", recording)
+    return drawn
 
 
 def assert_real_png(path, min_bytes=10_000):
@@ -78,6 +110,65 @@ def test_plot_run_writes_three_figures(tmp_path):
     assert set(paths) == {"curves", "accuracy", "early_stop"}
     for path in paths.values():
         assert_real_png(path)
+
+
+def test_plot_run_on_a_classification_run_draws_the_papers_figures(tmp_path, figures):
+    history = synthetic_history()
+    plots.plot_run(history, tmp_path, name="lenet")
+    accuracy, curves, early = (figures[f"lenet_{kind}.png"] for kind in ("accuracy", "curves", "early_stop"))
+    assert (accuracy.get_ylabel(), accuracy.get_title()) == ("Test accuracy at early stop (%)",
+                                                             "lenet: test accuracy at early stop")
+    np.testing.assert_allclose(accuracy.lines[0].get_ydata(),
+                               [100 * r["early_stop_test_accuracy"] for r in history["rounds"]])
+    assert (curves.get_ylabel(), curves.get_title()) == ("Test accuracy (%)", "lenet: test accuracy during training")
+    assert early.get_ylabel() == "Early-stop iteration (min. validation loss)"
+    for entry in history["rounds"]:  # Without a test set: validation accuracy, still in percent.
+        for key in [key for key in entry if "test" in key]:
+            entry.pop(key)
+    paths = plots.plot_run(history, tmp_path, name="val")
+    assert set(paths) == {"curves", "accuracy", "early_stop"}
+    assert figures["val_accuracy.png"].get_ylabel() == "Validation accuracy at early stop (%)"
+    assert figures["val_curves.png"].get_title() == "val: validation accuracy during training"
+
+
+def test_plot_run_on_a_regression_run_plots_its_metrics_unscaled(tmp_path, figures):
+    history = regression_history()
+    paths = plots.plot_run(history, tmp_path, monitor="val_mae", mode="min")
+    assert paths == {kind: os.path.join(tmp_path, f"run_{kind}.png") for kind in ("curves", "val_loss", "early_stop")}
+    for path in paths.values():
+        assert_real_png(path)
+    metric, curves, early = (figures[f"run_{kind}.png"] for kind in ("val_loss", "curves", "early_stop"))
+    assert (metric.get_ylabel(), metric.get_title()) == ("Validation loss at early stop",
+                                                         "run: validation loss at early stop")
+    np.testing.assert_allclose(metric.lines[0].get_ydata(), [r["early_stop_val_loss"] for r in history["rounds"]])
+    assert (curves.get_ylabel(), curves.get_title()) == ("Validation loss", "run: validation loss during training")
+    dots = [line for line in curves.lines if line.get_marker() == "o"]
+    assert [list(dot.get_xdata()) for dot in dots] == [[250]] * 4  # The best val_mae, not the lowest val_loss.
+    np.testing.assert_allclose([dot.get_ydata()[0] for dot in dots],
+                               [r["early_stop_val_loss"] for r in history["rounds"]])
+    assert early.get_ylabel() == "Early-stop iteration (min. validation MAE)"
+    assert "run_val_mae.png" in plots.plot_run(history, tmp_path, metric="val_mae", monitor="val_mae",
+                                               mode="min")["val_mae"]
+    assert figures["run_val_mae.png"].get_ylabel() == "Validation MAE at early stop"
+    with pytest.raises(ValueError, match=r"no 'test_accuracy' at its early stops; choose one of \['val_loss', "
+                                         r"'val_mae'\]"):
+        plots.plot_run(history, tmp_path, metric="test_accuracy")
+    for entry in history["rounds"]:
+        entry.pop("early_stop_val_loss")
+    with pytest.raises(ValueError, match=r"recorded none of .*one of \['val_mae'\]"):
+        plots.plot_run(history, tmp_path)
+
+
+def test_plot_run_example_plots_a_regression_run_with_its_monitor(tmp_path):
+    run_dir = tmp_path / "regression"
+    storage.write_json(run_dir / "history.json", regression_history(rounds=3))
+    storage.write_json(run_dir / "run.json", {"config": {"monitor": "val_mae", "mode": "min"}})
+    plotted = run_script("examples/plot_run.py", f"--run_dir={run_dir}", "--metric=val_mae", check=False,
+                         timeout=120)
+    assert plotted.returncode == 0, plotted.stderr[-3000:]
+    for suffix in ("curves", "val_mae", "early_stop"):
+        assert_real_png(run_dir / "plots" / f"regression_{suffix}.png")
+        assert f"regression_{suffix}.png" in plotted.stdout
 
 
 def test_plot_run_example_reads_a_run_directory(tmp_path):

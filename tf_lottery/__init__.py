@@ -12,6 +12,7 @@ Mask a model in place, train it with `LotteryCallback`, prune it with a
 """
 
 from tf_lottery import criteria
+from tf_lottery.data import SearchData
 from tf_lottery.callbacks import EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker
 from tf_lottery.masking import (
     apply_masks,
@@ -36,6 +37,7 @@ __all__ = [
     "LotteryCallback",
     "MovementTracker",
     "PruningPlan",
+    "SearchData",
     "apply_masks",
     "criteria",
     "get_masks",

@@ -1,5 +1,6 @@
 """What the binaries share: absl flags generated from a config dataclass (so binaries and configs never
-drift apart), and errors a user can fix reported as messages, not tracebacks."""
+drift apart), the flags that name a search's model and data, and errors a user can fix reported as
+messages, not tracebacks."""
 
 import dataclasses
 import functools
@@ -7,6 +8,8 @@ import sys
 import typing
 
 from absl import flags
+
+from tf_lottery import data_sources, datasets, model_sources, models
 
 
 def _base_type(annotation):
@@ -35,6 +38,34 @@ def config_from_flags(config_class, flag_values=flags.FLAGS, **overrides):
     """Builds `config_class` from the parsed flags; `overrides` win."""
     values = {field.name: flag_values[field.name].value for field in dataclasses.fields(config_class)}
     return config_class(**{**values, **overrides})
+
+
+def define_model_and_data_flags(flag_values=flags.FLAGS):
+    """Defines --model, --dataset (alias --data), --data_dir and --image_size: what `model_and_data` reads."""
+    flags.DEFINE_string("model", "lenet300_100", f"Network to prune: a built-in one "
+                        f"({', '.join(sorted(models.MODELS))}) or a saved Keras model, PATH.keras (its compile "
+                        "settings and weights included).", flag_values=flag_values)
+    flags.DEFINE_string("dataset", "mnist_subset", f"Data: a built-in dataset ({', '.join(datasets.NAMES)}; all "
+                        "offline), npz:PATH, images:DIR or tfds:NAME (see tf_lottery.data_sources).",
+                        flag_values=flag_values)
+    flags.DEFINE_alias("data", "dataset", flag_values=flag_values)
+    flags.DEFINE_string("data_dir", None, "Folder holding the dataset files, for datasets that need them (and "
+                        "tfds:).", flag_values=flag_values)
+    flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH to resize images:DIR data to (default: the size they "
+                      "share).", flag_values=flag_values)
+
+
+def model_and_data(*, seed, batch_size, flag_values=flags.FLAGS):
+    """`(build_model, SearchData)` that the flags of `define_model_and_data_flags` name; prints what data it read."""
+    size = flag_values.image_size
+    try:
+        image_size = None if size is None else tuple(int(side) for side in size)
+    except ValueError:
+        raise ValueError(f"--image_size must be HEIGHT,WIDTH in pixels, e.g. 64,64; got {','.join(size)}.") from None
+    data = data_sources.load(flag_values.dataset, data_dir=flag_values.data_dir, seed=seed, batch_size=batch_size,
+                             image_size=image_size)
+    print(f"Data: {data.summary()}.")
+    return model_sources.builder(flag_values.model, data), data
 
 
 def reports_user_errors(main):

@@ -539,12 +539,15 @@ def density(model):
 def load_ticket(run_dir, round_index):
     """The masked, trained model of round `round_index` of a ticket search in `run_dir`.
 
-    The model is `best_ticket.keras` of the run, with the masks and trained
-    weights of the round (`round_NNN/masks.npz`, `trained_weights.npz`).
+    The model is the run's `model.keras` (or, for runs started before it was
+    kept, its `best_ticket.keras`), set to the masks and trained weights of
+    the round (`round_NNN/masks.npz`, `trained_weights.npz`).
     """
     store = run_store.RunStore(run_dir)
-    ticket = store.path(run_store.TICKET_FILE)
     store.require_run()
+    if os.path.exists(store.path(run_store.MODEL_FILE)):
+        return store.load_model(round_index)
+    ticket = store.path(run_store.TICKET_FILE)
     if not os.path.exists(ticket):
         raise FileNotFoundError(f"{run_dir} has no {run_store.TICKET_FILE}, which a search writes when it ends. "
                                 "Finish the run first (examples/find_ticket.py --resume).")

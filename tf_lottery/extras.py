@@ -21,6 +21,8 @@ EXTRAS = {
     "plots": {"matplotlib": "matplotlib"},
     # The "digits" dataset of tf_lottery.datasets.
     "datasets": {"sklearn": "scikit-learn"},
+    # tfds:NAME data of tf_lottery.data_sources.
+    "tfds": {"tensorflow_datasets": "tensorflow-datasets"},
 }
 
 # Packages of the core install that `require` imports (the default dataset's).

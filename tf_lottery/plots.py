@@ -12,8 +12,8 @@ see `tf_lottery.search`), or several of them (seeds of one experiment) reduced b
     lines = {label: aggregate(runs, "early_stop_test_accuracy") for label, runs in histories.items()}
     plot_metric_vs_density(lines, "accuracy.png", ylabel="Test accuracy at early stop (%)", percent=True)
 
-`plot_run(history, output_dir)` draws every figure of one run (what
-`examples/plot_run.py` writes).
+`plot_run(history, output_dir)` draws every figure of one run, of any compiled
+metric it recorded (what `examples/plot_run.py` writes).
 """
 
 import os
@@ -22,6 +22,7 @@ import numpy as np
 
 from tf_lottery import extras, storage
 from tf_lottery.run_store import HISTORY_FILE
+from tf_lottery.trainer import monitor_mode
 
 extras.require("matplotlib", "plots", __name__)
 from matplotlib.figure import Figure  # noqa: E402
@@ -33,6 +34,10 @@ LABELS = {"ticket": "Winning ticket (original init)", "reinit": "Same mask, rand
           "random_mask": "Random mask, same layer densities", "dense": "Dense network (round 0)",
           "transferred": "Ticket's masks from the other dataset"}
 _FALLBACK_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+#: What `plot_run` plots by default: the first of these that the run recorded.
+DEFAULT_METRICS = ("test_accuracy", "val_accuracy", "test_loss", "val_loss")
+_SETS = {"train": "Training", "val": "Validation", "test": "Test"}
+_ABBREVIATIONS = {"auc", "iou", "mae", "mape", "mse", "rmse"}
 
 
 def load_history(run_dir):
@@ -128,10 +133,11 @@ def plot_accuracy_vs_density(lines, path, *, title=None, dense_accuracy=None):
         reference=dense_accuracy, reference_label="Dense network (round 0)" if dense_accuracy is not None else None)
 
 
-def plot_early_stop_vs_density(lines, path, *, title=None):
-    """Early-stop iteration (minimum validation loss) vs percent of weights remaining."""
+def plot_early_stop_vs_density(lines, path, *, title=None, monitor="val_loss", mode="auto"):
+    """Early-stop iteration (best value of the run's `monitor`) vs percent of weights remaining."""
+    best = "min." if monitor_mode(monitor, mode) == "min" else "max."
     return plot_metric_vs_density(
-        lines, path, ylabel="Early-stop iteration (min. validation loss)",
+        lines, path, ylabel=f"Early-stop iteration ({best} {_lower(_metric_name(monitor))})",
         title=title or "Early-stop iteration vs weights remaining")
 
 
@@ -139,7 +145,8 @@ def plot_training_curves(history, path, *, metric="test_accuracy", title=None, m
     """`metric` over training iterations, one line per round (at most `max_lines`, evenly spread).
 
     Each line is labelled with its percent of weights remaining; a marker shows
-    the round's early-stop point (minimum validation loss).
+    the round's early-stop point (its `early_stop_iteration`: the best value of
+    the run's monitor).
     """
     rounds = [r for r in history["rounds"] if r.get("curve")]
     if not rounds:
@@ -147,8 +154,7 @@ def plot_training_curves(history, path, *, metric="test_accuracy", title=None, m
     if len(rounds) > max_lines:
         picks = np.unique(np.round(np.linspace(0, len(rounds) - 1, max_lines)).astype(int))
         rounds = [rounds[i] for i in picks]
-    percent = metric.endswith("accuracy")
-    scale = 100.0 if percent else 1.0
+    scale = 100.0 if _is_accuracy(metric) else 1.0
     figure = Figure(figsize=(7, 4.5), dpi=120)
     axis = figure.add_subplot()
     colors = _gradient(len(rounds))
@@ -157,8 +163,8 @@ def plot_training_curves(history, path, *, metric="test_accuracy", title=None, m
         values = [scale * point[metric] for point in entry["curve"]]
         axis.plot(iterations, values, "-", color=color, linewidth=1.5,
                   label=f"{100 * entry['density']:.3g}% (round {entry['round']})")
-        early = min(entry["curve"], key=lambda point: point["val_loss"])
-        axis.plot([early["iteration"]], [scale * early[metric]], "o", color=color, markersize=5)
+        early = values[iterations.index(entry["early_stop_iteration"])]
+        axis.plot([entry["early_stop_iteration"]], [early], "o", color=color, markersize=5)
     axis.set_xlabel("Training iteration")
     axis.set_ylabel(_metric_label(metric))
     axis.set_title(title or f"{_metric_label(metric)} during training, by weights remaining")
@@ -169,23 +175,50 @@ def plot_training_curves(history, path, *, metric="test_accuracy", title=None, m
     return _save(figure, path)
 
 
-def plot_run(history, output_dir, *, name="run", title=None):
-    """Every figure of one run: training curves, accuracy and early stop vs density.
+def plot_run(history, output_dir, *, name="run", title=None, metric=None, monitor="val_loss", mode="auto"):
+    """Every figure of one run: training curves, `metric` at early stop and the early stop vs density.
 
-    Returns `{"curves": path, "accuracy": path, "early_stop": path}`.
+    `metric`: a validation or test metric the run recorded ("val_mae", ...); by
+    default the first of `DEFAULT_METRICS` it recorded. Accuracies are drawn in
+    percent. `monitor` and `mode`: the run's (its `SearchConfig`'s), which chose
+    each round's early stop. Returns `{"curves": path, key: path, "early_stop":
+    path}`, files `<name>_<key>.png`, where `key` is "accuracy" for an accuracy
+    and else `metric` (e.g. "val_loss").
     """
+    metric = _run_metric(history, metric)
+    key = "accuracy" if _is_accuracy(metric) else metric
     label = title or name
-    lines_accuracy = {name: aggregate([history], "early_stop_test_accuracy")}
+    words = _lower(_metric_name(metric))
+    lines_metric = {name: aggregate([history], f"early_stop_{metric}")}
     lines_early = {name: aggregate([history], "early_stop_iteration")}
-    dense = history["rounds"][0]["early_stop_test_accuracy"] if history["rounds"] else None
     return {
-        "curves": plot_training_curves(history, os.path.join(output_dir, f"{name}_curves.png"),
-                                       title=f"{label}: test accuracy during training"),
-        "accuracy": plot_accuracy_vs_density(lines_accuracy, os.path.join(output_dir, f"{name}_accuracy.png"),
-                                             title=f"{label}: test accuracy at early stop", dense_accuracy=dense),
+        "curves": plot_training_curves(history, os.path.join(output_dir, f"{name}_curves.png"), metric=metric,
+                                       title=f"{label}: {words} during training"),
+        key: plot_metric_vs_density(
+            lines_metric, os.path.join(output_dir, f"{name}_{key}.png"),
+            ylabel=_metric_label(metric, " at early stop"), percent=_is_accuracy(metric),
+            title=f"{label}: {words} at early stop", reference=history["rounds"][0][f"early_stop_{metric}"],
+            reference_label="Dense network (round 0)"),
         "early_stop": plot_early_stop_vs_density(lines_early, os.path.join(output_dir, f"{name}_early_stop.png"),
-                                                 title=f"{label}: early-stop iteration"),
+                                                 title=f"{label}: early-stop iteration", monitor=monitor, mode=mode),
     }
+
+
+def _run_metric(history, metric):
+    """`metric`, or the first of `DEFAULT_METRICS` that every round of `history` recorded at its early stop."""
+    rounds = history["rounds"]
+    if not rounds:
+        raise ValueError("The history has no completed rounds; nothing to plot.")
+    recorded = sorted(key.removeprefix("early_stop_") for key in set.intersection(*(set(r) for r in rounds))
+                      if key.startswith("early_stop_") and key != "early_stop_iteration")
+    if metric is None:
+        metric = next((m for m in DEFAULT_METRICS if m in recorded), None)
+        if metric is None:
+            raise ValueError(f"The run recorded none of {list(DEFAULT_METRICS)}; name the metric to plot, one of "
+                             f"{recorded}.")
+    elif metric not in recorded:
+        raise ValueError(f"The run recorded no {metric!r} at its early stops; choose one of {recorded}.")
+    return metric
 
 
 def plot_analysis(report, path):
@@ -225,10 +258,27 @@ def plot_analysis(report, path):
     return _save(figure, path)
 
 
-def _metric_label(metric):
-    known = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validation accuracy (%)",
-             "val_loss": "Validation loss", "test_loss": "Test loss"}
-    return known.get(metric, metric.replace("_", " "))
+def _is_accuracy(metric):
+    """Whether `metric` is an accuracy (a fraction, drawn in percent)."""
+    return "accuracy" in metric
+
+
+def _metric_name(metric):
+    """"Validation loss" for "val_loss", "Test MAE" for "test_mae"."""
+    prefix, _, rest = metric.partition("_")
+    words = [word.upper() if word in _ABBREVIATIONS else word
+             for word in (rest if prefix in _SETS else metric).split("_")]
+    text = " ".join([_SETS[prefix], *words] if prefix in _SETS else words)
+    return text[:1].upper() + text[1:]
+
+
+def _metric_label(metric, detail=""):
+    """An axis label: `metric`'s name, then `detail`, then "(%)" for an accuracy."""
+    return _metric_name(metric) + detail + (" (%)" if _is_accuracy(metric) else "")
+
+
+def _lower(text):
+    return text[:1].lower() + text[1:]
 
 
 def _gradient(count):

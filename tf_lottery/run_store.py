@@ -1,6 +1,7 @@
 """The run directory of a ticket search: the only code that knows its layout.
 
     run.json              configuration, seed, model and data signature, versions
+    model.keras           the masked model as round 0 starts: architecture, compile settings, starting weights
     history.json          {"rounds": [metrics of each completed round], "best_round"}
     round_000/            one folder per completed round (renamed into place when complete)
         masks.npz         the masks the round trained with (ended with, if it pruned gradually)
@@ -28,6 +29,7 @@ from tf_lottery import masking, storage, weights
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
 TICKET_FILE = "best_ticket.keras"
+MODEL_FILE = "model.keras"
 TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.json"
 #: The arrays of a round's state and their files in its folder.
@@ -201,6 +203,21 @@ class RunStore:
         """The masks of round `index` (all a replay needs: a folder of round folders holding masks.npz will do)."""
         return storage.read_arrays(os.path.join(self.round_dir(index), ROUND_FILES["masks"]))
 
+    def write_model(self, model):
+        """Saves the search's masked model as round 0 starts, atomically: what readers rebuild it from."""
+        with storage.atomic_path(self.path(MODEL_FILE), ".keras") as temporary:
+            model.save(temporary)
+
+    def load_model(self, index=None):
+        """The run's masked model (from `model.keras`), set to completed round `index` if given."""
+        path = self.path(MODEL_FILE)
+        self.require_run()
+        if not os.path.exists(path):
+            raise RunDirError(f"{self.run_dir} has no {MODEL_FILE}: runs started before tf_lottery 0.3 do not keep "
+                              "their model. Rebuild it with the builder the search used.")
+        model = masking.load_model(path)
+        return model if index is None else self.restore_round(model, index)
+
     def restore_round(self, model, index):
         """Sets a masked `model` to the masks and trained weights of completed round `index`; returns it."""
         if index >= self.completed_rounds():
@@ -212,8 +229,8 @@ class RunStore:
 
 
 def _belongs_to_run(name):
-    return (name in (RUN_FILE, HISTORY_FILE, TICKET_FILE, TENSORBOARD_DIR) or name.startswith(storage.TEMPORARY_PREFIX)
-            or bool(_ROUND_NAME.fullmatch(name)) or _is_partial_round(name))
+    return (name in (RUN_FILE, HISTORY_FILE, TICKET_FILE, MODEL_FILE, TENSORBOARD_DIR)
+            or name.startswith(storage.TEMPORARY_PREFIX) or bool(_ROUND_NAME.fullmatch(name)) or _is_partial_round(name))
 
 
 def _is_partial_round(name):

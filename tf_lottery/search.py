@@ -13,7 +13,6 @@ round from (seed, round), so a resumed run equals an uninterrupted one.
 
 import dataclasses
 import os
-import sys
 import time
 
 import keras
@@ -21,22 +20,24 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lottery import criteria, distribute, environment, masking, run_store, storage, weights
-from tf_lottery.run_store import RunDirError, RunStore, empty_history
 from tf_lottery.callbacks import (UNITS, EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker,
                                   parse_rewind_point)
-from tf_lottery.pruning import SCOPES, PruningPlan, compounded_plan, parse_block, random_masks_like
+from tf_lottery.data import as_search_data
+from tf_lottery.pruning import SCOPES, PruningPlan, parse_block
+from tf_lottery.run_store import RunDirError, RunStore, empty_history
+from tf_lottery.schedule import RoundSchedule
+from tf_lottery.trainer import COSINE_FLOOR, Trainer, best_evaluation, monitor_mode
 
 REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
 CONTROLS = ("reinit", "random_mask")
 OPTIMIZERS = ("adam", "sgd", "momentum")
 LR_SCHEDULES = ("constant", "cosine")
-#: The cosine schedule ends at this fraction of the initial learning rate, where `finetune` rounds continue.
-COSINE_FLOOR = 0.01
+MODES = ("auto", "min", "max")
 
 
-# Fields a resumed run may change: when it stops, and the learning rate of the rounds still to train (to
-# continue past a round that diverged).
-_RESUMABLE_CHANGES = ("rounds", "target_density", "learning_rate")
+# Fields a resumed run may change: when it stops, the learning rate of the rounds still to train (to continue
+# past a round that diverged), and how close to round 0 the best round must be.
+_RESUMABLE_CHANGES = ("rounds", "target_density", "learning_rate", "tolerance")
 
 
 class RoundDivergedError(ValueError):
@@ -90,11 +91,20 @@ class SearchConfig:
                                                   "magnitude pruning after a dense round.")
     gradual_every: int = _field(100, "Iterations between the pruning steps of gradual_iterations.")
     eval_every: int | None = _field(None, "Iterations between evaluations (default: one epoch, or 100).")
-    batch_size: int = _field(60, "Training batch size.")
-    optimizer: str = _field("adam", "Optimizer ('momentum': SGD with momentum 0.9).", OPTIMIZERS)
-    learning_rate: float = _field(1.2e-3, "Initial learning rate.")
-    lr_schedule: str = _field("constant", f"Learning-rate schedule within a round (cosine: down to "
-                                          f"{COSINE_FLOOR:g} of learning_rate).", LR_SCHEDULES)
+    batch_size: int = _field(60, "Training batch size of (x, y) arrays (a tf.data pipeline batches itself).")
+    optimizer: str = _field("adam", "Optimizer of an uncompiled model ('momentum': SGD with momentum 0.9); a "
+                                    "compiled model trains with its own.", OPTIMIZERS)
+    learning_rate: float = _field(1.2e-3, "Initial learning rate of an uncompiled model's optimizer.")
+    lr_schedule: str = _field("constant", f"Learning-rate schedule within a round of an uncompiled model (cosine: "
+                                          f"down to {COSINE_FLOOR:g} of learning_rate).", LR_SCHEDULES)
+    monitor: str = _field("val_loss", "Validation metric that picks each round's early-stop evaluation (its best) "
+                                      "and the best round: 'val_' and a compiled metric's name (val_loss, "
+                                      "val_accuracy, val_auc, ...).")
+    mode: str = _field("auto", "Whether monitor improves as it falls (min) or rises (max); auto reads it from the "
+                               "name, as Keras' callbacks do.", MODES)
+    tolerance: float = _field(0.005, "How much worse than round 0's final monitored value a round's may be for it "
+                                     "to be the best round, in the metric's units (0.005 of accuracy: half a "
+                                     "point).")
     seed: int = _field(0, "One seed for initialization, data order, dropout and random masks.")
     jit_compile: bool = _field(False, "Compile the train step with XLA (the path TPUs take).")
 
@@ -145,11 +155,22 @@ class SearchConfig:
             raise ValueError(f"early_bird must be a mask distance in (0, 1], e.g. 0.1; got {self.early_bird!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive; got {self.learning_rate!r}.")
+        if not self.monitor.startswith("val_"):
+            raise ValueError(f"monitor must be a validation metric, 'val_' and its name (e.g. 'val_loss'); got "
+                             f"{self.monitor!r}. The test set is recorded, never used to choose.")
+        monitor_mode(self.monitor, self.mode)
+        if not self.tolerance >= 0:
+            raise ValueError(f"tolerance must be at least 0; got {self.tolerance!r}.")
 
     @property
     def prunes_once(self):
         """Whether round 1 prunes straight to the final density (one-shot and early-bird searches)."""
         return self.one_shot or self.early_bird is not None
+
+    def changed_fields(self, names):
+        """`{name: value}` of the fields among `names` that differ from their defaults."""
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in names if getattr(self, name) != defaults[name]}
 
     def plan(self):
         """The `PruningPlan` these settings describe."""
@@ -176,32 +197,19 @@ def round_seed(seed, round_index):
     return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
 
 
-class _Evaluator(keras.callbacks.Callback):
-    """Evaluates validation and test sets every period; stops training once the validation loss is not finite."""
-
-    def __init__(self, data, evaluate):
-        super().__init__()
-        self.data, self.evaluate = data, evaluate
-        self.curve = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        val = self.evaluate(self.data.x_val, self.data.y_val)
-        test = self.evaluate(self.data.x_test, self.data.y_test)
-        self.curve.append({"iteration": int(self.model.optimizer.iterations.numpy()), "val_loss": val["loss"],
-                           "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-                           "test_loss": test["loss"]})
-        if not np.isfinite(val["loss"]):
-            self.model.stop_training = True  # Diverged: the round is not saved (see `RoundDivergedError`).
-
-
 class TicketSearch:
     """Runs a ticket search and checkpoints every round.
 
     Args:
-        build_model: `() -> keras.Model`, a built model of any structure whose
-            outputs are logits; its weights (fresh or pretrained) are round 0's
-            starting point. The search masks it (`tf_lottery.mask`).
-        data: a `tf_lottery.datasets.Dataset` (or anything with its fields).
+        build_model: `() -> keras.Model`, a model of any structure; its weights
+            (fresh or pretrained) are round 0's starting point, and a new call
+            gives the reinit control's fresh initialization. The search builds it
+            on example inputs if it is not built, and masks it
+            (`tf_lottery.mask`). If it is compiled, its loss, metrics and
+            optimizer train every round (see `tf_lottery.trainer`); if not, the
+            search compiles it as a classifier with logits outputs.
+        data: a `tf_lottery.SearchData` (the user's arrays, tf.data pipelines
+            or PyDatasets), or a `tf_lottery.datasets.Dataset`.
         config: a `SearchConfig`.
         run_dir: the run directory (see `tf_lottery.run_store`).
         replay_masks_from: a run directory whose round masks this run reuses
@@ -225,7 +233,7 @@ class TicketSearch:
         if (config.prunes_once or config.rounds_to_target or config.gradual_iterations) and replay_masks_from:
             raise ValueError("one_shot, early_bird, rounds_to_target and gradual_iterations exclude "
                              "replay_masks_from: a replay trains the replayed run's masks.")
-        self.build_model, self.data, self.config = build_model, data, config
+        self.build_model, self.data, self.config = build_model, as_search_data(data), config
         self.run_dir, self.replay_masks_from = run_dir, replay_masks_from
         self.resume, self.overwrite, self.verbose = resume, overwrite, verbose
         self.tensorboard, self.mask_kwargs = tensorboard, mask_kwargs or {}
@@ -233,46 +241,59 @@ class TicketSearch:
         if config.early_bird is not None and distribute.is_multi_worker(self.strategy):
             raise ValueError("early_bird cannot stop a multi-worker round early; search on one machine (any "
                              "strategy but multi_worker), or drop early_bird.")
-        self.plan = config.plan()
-        self.criterion = criteria.get(config.criterion, seed=config.seed)
 
     # ------------------------------------------------------------ public API
 
     def run(self):
         """Runs (or resumes) the search; returns the history dict."""
+        config = self.config
         self.write_dir = distribute.writable_dir(self.run_dir, self.strategy)
         self.chief = self.write_dir == self.run_dir
         self.store, self.write_store = RunStore(self.run_dir), RunStore(self.write_dir)
-        keras.utils.set_random_seed(self.config.seed)
+        keras.utils.set_random_seed(config.seed)
         self.model = self._build_masked()
-        self._compiled_settings = None  # The optimizer settings the model was last compiled with (see `_compile`).
-        self.initial_weights = weights.snapshot(self.model)
-        self.plan.check_names(masking.get_masks(self.model))
-        self.replayed = self._load_replay()
+        self.schedule = RoundSchedule(config, self.model, lambda index: round_seed(config.seed, index),
+                                      self._fresh_weights, self._load_replay())
+        self.schedule.plan.check_names(masking.get_masks(self.model))
+        self.trainer = Trainer(self.model, self.data, config, self.strategy, self.verbose)
+        self._check_before_training()
         history = self._prepare_run_dir()
         index = len(history["rounds"])
         if index:
             self._log(f"Resuming {self.run_dir} after round {index - 1}.")
-        while index <= self._last_round() and not self._reached_target(history):
-            masks = self._masks_for(index)
-            self._start_round(index, masks)
+        while not self.schedule.done(history["rounds"]):
+            masks = self.schedule.masks(index)
+            self.schedule.start(index, masks)
             history["rounds"].append(self._train_round(index, masks))
-            history["best_round"] = best_round(history["rounds"])
+            history["best_round"] = self._best_round(history["rounds"])
             self.write_store.write_history(history)
             index += 1
         self._save_best_ticket(history)
         return history
 
+    def save_ticket(self, index, path):
+        """Saves the masked, trained network of completed round `index` as a `.keras` file, atomically."""
+        self.store.restore_round(self.model, index)
+        with storage.atomic_path(path, ".keras") as temporary:
+            self.model.save(temporary)
+
     # ------------------------------------------------------------- run folder
 
     def _signature(self):
         return {
-            "weights": {path: list(value.shape) for path, value in self.initial_weights.items()},
-            "dataset": {"name": getattr(self.data, "name", None),
-                        "shapes": {split: list(getattr(self.data, f"x_{split}").shape)
-                                   for split in ("train", "val", "test")}},
+            "weights": {path: list(value.shape) for path, value in self.schedule.initial_weights.items()},
+            "dataset": self.data.describe(),
             "replay_masks_from": os.path.abspath(self.replay_masks_from) if self.replay_masks_from else None,
+            "compile": self.trainer.compile_signature(),
         }
+
+    def _check_before_training(self):
+        """Raises a `ValueError` naming the fix for data, a loss or a monitor the search cannot use."""
+        config = self.config
+        self.data.check(self.model, config.batch_size, needs_epochs=config.iterations is None)
+        steps_per_epoch = self.data.train_steps_per_epoch(config.batch_size)
+        self.trainer.check(config.monitor, config.mode, 0,
+                           self.schedule.iterations(0, masking.get_masks(self.model), steps_per_epoch))
 
     def _prepare_run_dir(self):
         """Checks the run directory before any training; returns the history to continue from."""
@@ -295,6 +316,7 @@ class TicketSearch:
             return history
         store.write_record({"config": dataclasses.asdict(self.config), "signature": self._signature(),
                             "versions": environment.versions()})
+        store.write_model(self.model)
         return empty_history()
 
     def _resumed_history(self):
@@ -310,6 +332,13 @@ class TicketSearch:
         signature = self._signature()
         differences += [f"{key}: run has {saved['signature'].get(key)!r}, now {value!r}"
                         for key, value in signature.items() if saved["signature"].get(key) != value]
+        saved_weights = saved["signature"]["weights"]
+        if list(saved_weights) != list(signature["weights"]) and list(saved_weights.values()) == list(
+                signature["weights"].values()):
+            raise ValueError(f"Cannot resume {self.run_dir}: the model's weights have the run's shapes but other "
+                             "names, which Keras numbers when it names layers and metrics itself (dense_1, dense_2, "
+                             "...). Name them in the model, or resume in a new process (or after "
+                             "keras.backend.clear_session()) so that Keras numbers them as it did for the run.")
         if differences:
             raise ValueError(f"Cannot resume {self.run_dir}: it was started with a different setup. "
                              "Differences: " + "; ".join(differences) +
@@ -320,41 +349,10 @@ class TicketSearch:
                 self._log(f"Removed {name}, left by an interrupted write.")
         rounds = []
         for index in range(count):
-            metrics, state = self.store.read_round(index, self._state_names())
-            self._keep_state(index, state)
+            metrics, state = self.store.read_round(index, self.schedule.state_names())
+            self.schedule.keep(index, state)
             rounds.append(metrics)
-        return {"rounds": rounds, "best_round": best_round(rounds)}
-
-    # ------------------------------------------------------------- the rounds
-
-    def _state_names(self):
-        """The arrays each round saves: masks and weights, and what the criterion needs."""
-        names = ["masks", "rewind", "trained"]
-        return names + ["statistics"] if self.config.criterion == "movement_rate" else names
-
-    def _last_round(self):
-        if self.config.prunes_once:
-            return 1
-        if self.config.rounds_to_target:
-            return min(self.config.rounds or sys.maxsize, self.config.rounds_to_target)
-        if self.replayed is not None:
-            return len(self.replayed) - 1 if self.config.rounds is None else min(len(self.replayed) - 1,
-                                                                                   self.config.rounds)
-        return self.config.rounds if self.config.rounds is not None else sys.maxsize
-
-    def _reached_target(self, history):
-        return bool(history["rounds"]) and self._at_target(history["rounds"][-1]["density"])
-
-    def _at_target(self, density):
-        return self.config.target_density is not None and density <= self.config.target_density + 1e-9
-
-    def _round_iterations(self, index, masks, steps_per_epoch):
-        """The training length of round `index`, which ends with `masks`: interim, unless it is the last round."""
-        config = self.config
-        full = config.iterations or config.epochs * steps_per_epoch
-        if not config.interim_iterations or index == self._last_round() or self._at_target(masking.density(masks)):
-            return full
-        return config.interim_iterations
+        return {"rounds": rounds, "best_round": self._best_round(rounds)}
 
     def _load_replay(self):
         if not self.replay_masks_from:
@@ -371,236 +369,128 @@ class TicketSearch:
                                  f"(keys and shapes differ from {sorted(expected)}).")
         return replayed
 
-    def _masks_for(self, index):
-        """The masks round `index` trains with."""
-        if index == 0:
-            masks = masking.get_masks(self.model)
-        elif self.replayed is not None:
-            masks = self.replayed[index]
-        else:
-            masks = self._pruned_masks(index)
-        if self.config.control == "random_mask" and index > 0:
-            masks = random_masks_like(masks, round_seed(self.config.seed, index), self.plan.block)
-        return masks
+    # ------------------------------------------------------------- the rounds
 
-    def _pruned_masks(self, index):
-        state = self._round_state
-        final = masking.get_prunable_weights(self.model, state["trained"])
-        initial = masking.get_prunable_weights(self.model, state["rewind"])
-        scores = criteria.score(self.criterion, final, initial, state.get("statistics"))
-        if self.config.prunes_once:
-            plan = self._one_shot_plan(state["masks"])
-        elif self.config.rounds_to_target:
-            plan = compounded_plan(self.plan, self._first_masks, self._output_layer(),
-                                   steps=self.config.rounds_to_target)
-        else:
-            plan = self.plan
-        return plan.prune(state["masks"], scores, output_layer=self._output_layer())
-
-    def _one_shot_plan(self, masks):
-        return compounded_plan(self.plan, masks, self._output_layer(), self.config.rounds)
+    def _build_model(self, model=None):
+        """`model` (default: a new one from `build_model`), called on example inputs if it is not built (a
+        subclassed model)."""
+        model = model or self.build_model()
+        if not model.built:
+            model(self.data.example_inputs())
+        return model
 
     def _build_masked(self):
         with self.strategy.scope():
-            return masking.mask(self.build_model(), **self.mask_kwargs)
+            return masking.mask(self._build_model(), **self.mask_kwargs)
 
-    def _output_layer(self):
-        return masking.output_layer(self.model)
+    def _fresh_weights(self, index):
+        """A fresh initialization for round `index` of the reinit control, under the search model's keys (a new
+        instance of an architecture with unnamed layers gets other names). If `build_model` returns fixed weights
+        (a saved or pretrained model), they are drawn anew from the model's configuration."""
+        keras.utils.set_random_seed(round_seed(self.config.seed + 1, index))
+        initial = self.schedule.initial_weights
+        model = self._build_model()
+        fresh = weights.by_position(weights.snapshot(model), initial)
+        if all(np.array_equal(fresh[key], initial[key]) for key in initial):
+            fresh = weights.by_position(weights.snapshot(self._build_model(weights.reinitialized(model))), initial)
+        return fresh
 
-    def _start_weights(self, index):
-        """The weights round `index` starts from, before its masks are applied."""
-        mode = self.config.rewind
-        if self.config.control == "reinit":
-            keras.utils.set_random_seed(round_seed(self.config.seed + 1, index))
-            return weights.snapshot(self.build_model())
-        if index == 0:
-            return self.initial_weights
-        if mode in ("lr", "finetune"):
-            return self._round_state["trained"]
-        return self._rewind_point
-
-    def _keep_state(self, index, state):
-        """Keeps the arrays of the last round, and round 0's rewind weights: where later rounds restart.
-
-        Round 0 trains every weight, so its rewind weights hold the rewind value
-        of each one; a later round's have its pruned weights zeroed, and a mask
-        that is not nested in the one before (the random_mask control) would
-        restart some survivors from 0 if it rewound to them.
-        """
-        self._round_state = state
-        if index == 0:
-            self._rewind_point, self._first_masks = state["rewind"], state["masks"]
-
-    def _prunes_gradually(self, index):
-        return bool(self.config.gradual_iterations) and index > 0
-
-    def _start_round(self, index, masks):
-        """Sets the weights and masks round `index` starts with: `masks`, or the last round's if it prunes gradually."""
-        start = self._start_weights(index)
-        masking.set_masks(self.model, self._round_state["masks"] if self._prunes_gradually(index) else masks)
-        weights.restore(self.model, start)
+    def _callbacks(self, index, masks):
+        """The round's callbacks: the rewind point, and what the criterion, early-bird or gradual pruning need."""
+        config, schedule = self.config, self.schedule
+        late_rewinding = ":" in config.rewind and index == 0
+        callbacks = {"lottery": LotteryCallback(config.rewind if late_rewinding else 0)}
+        if "statistics" in schedule.state_names():
+            callbacks["tracker"] = MovementTracker(config.movement_every)
+        statistics = callbacks["tracker"].statistics if "tracker" in callbacks else None
+        if schedule.prunes_gradually(index):  # It checks, before the first step, that the round is long enough.
+            callbacks["gradual"] = GradualPruning(masks, config.gradual_iterations, config.gradual_every,
+                                                  schedule.criterion, schedule.plan.block, statistics)
+        if config.early_bird is not None and index == 0:
+            callbacks["early_bird"] = EarlyBirdStopping(schedule.one_shot_plan(masks), schedule.criterion,
+                                                        config.early_bird, config.early_bird_patience, statistics)
+        return callbacks
 
     def _train_round(self, index, masks):
         """Trains round `index`, which ends with `masks`; saves and returns its metrics."""
         config, started = self.config, time.time()
-        self._reseed(round_seed(config.seed, index))
-        steps_per_epoch = -(-len(self.data.x_train) // config.batch_size)
-        total = self._round_iterations(index, masks, steps_per_epoch)
-        period = config.eval_every or (steps_per_epoch if total % steps_per_epoch == 0 and config.epochs else
+        steps_per_epoch = self.data.train_steps_per_epoch(config.batch_size)
+        total = self.schedule.iterations(index, masks, steps_per_epoch)
+        period = config.eval_every or (steps_per_epoch if config.epochs and total % steps_per_epoch == 0 else
                                        (100 if total % 100 == 0 else total))
         if total % period:
             raise ValueError(f"The round's {total} iterations are not a multiple of eval_every ({period}).")
-        late_rewinding = ":" in config.rewind and index == 0
-        lottery = LotteryCallback(config.rewind if late_rewinding else 0)
-        evaluator = _Evaluator(self.data, self._evaluate)
-        callbacks = [lottery, evaluator]
-        tracker = early_bird = gradual = None
-        if "statistics" in self._state_names():
-            tracker = MovementTracker(config.movement_every)
-            callbacks.insert(1, tracker)
-        statistics = tracker.statistics if tracker else None
-        if config.early_bird is not None and index == 0:
-            early_bird = EarlyBirdStopping(self._one_shot_plan(masks), self.criterion, config.early_bird,
-                                           config.early_bird_patience, statistics)
-            callbacks.append(early_bird)
-        if self._prunes_gradually(index):  # It checks, before the first step, that the round is long enough.
-            gradual = GradualPruning(masks, config.gradual_iterations, config.gradual_every, self.criterion,
-                                     self.plan.block, statistics)
-            callbacks.insert(-1, gradual)
-        with self.strategy.scope():
-            self._compile(self._optimizer(index, total))
-            fit_kwargs = dict(epochs=total // period, steps_per_epoch=period, callbacks=callbacks)
-            if distribute.is_multi_worker(self.strategy):
-                distribute.fit_with_strategy_run(self.model, self._train_dataset(index, total),
-                                                 strategy=self.strategy, **fit_kwargs)
-            else:
-                self.model.fit(self._train_dataset(index, total), shuffle=False, verbose=self.verbose,
-                               **fit_kwargs)
-        trained = weights.snapshot(self.model)
-        train = self._evaluate(self.data.x_train, self.data.y_train)
-        if not (np.isfinite(train["loss"]) and all(np.isfinite(value).all() for value in trained.values())):
+        callbacks = self._callbacks(index, masks)
+        result = self.trainer.train(round_seed(config.seed, index), total, period, list(callbacks.values()), index)
+        if result.diverged:
             raise RoundDivergedError(
-                f"Round {index} diverged: its training loss is {train['loss']} with learning_rate "
-                f"{config.learning_rate:g}. It was not saved; {self.run_dir} keeps its {index} completed round(s). "
+                f"Round {index} diverged: its training loss is {result.train['loss']} with learning rate "
+                f"{result.learning_rate:g}. It was not saved; {self.run_dir} keeps its {index} completed round(s). "
                 f"Resume with a smaller learning_rate to train round {index} again."
             )
-        metrics = self._metrics(index, evaluator.curve, train, time.time() - started)
-        if early_bird:
+        metrics = self._metrics(index, result, time.time() - started)
+        if "early_bird" in callbacks:
+            early_bird = callbacks["early_bird"]
             metrics["early_bird"] = {"stopped_at": early_bird.stopped_at, "distances": early_bird.distances}
-        if gradual:
-            metrics["gradual_pruning"] = gradual.steps
-        state = {"masks": masking.get_masks(self.model), "rewind": lottery.rewind_weights, "trained": trained}
-        if tracker:
-            state["statistics"] = tracker.statistics()
-        self._keep_state(index, state)
-        self._save_round(index, metrics)
+        if "gradual" in callbacks:
+            metrics["gradual_pruning"] = callbacks["gradual"].steps
+        state = {"masks": masking.get_masks(self.model), "rewind": callbacks["lottery"].rewind_weights,
+                 "trained": result.trained}
+        if "tracker" in callbacks:
+            state["statistics"] = callbacks["tracker"].statistics()
+        self.schedule.keep(index, state)
+        self._save_round(index, state, metrics)
         self._report(metrics)
         return metrics
 
-    def _evaluate(self, images, labels):
-        if distribute.is_multi_worker(self.strategy):
-            return distribute.evaluate_locally(self.model, images, labels)
-        return self.model.evaluate(images, labels, batch_size=1024, verbose=0, return_dict=True)
-
-    def _reseed(self, seed):
-        """Seeds the global generators and every layer's own (dropout, noise), so a round's
-        randomness depends only on (seed, round), not on the rounds run before it in this process."""
-        keras.utils.set_random_seed(seed)
-        generators = [g for layer in self.model._flatten_layers() for g in layer._seed_generators]
-        for offset, generator in enumerate(generators):
-            generator.state.assign(np.array([seed % 2**31, offset], dtype=generator.state.dtype))
-
-    def _metrics(self, index, curve, train, seconds):
+    def _metrics(self, index, result, seconds):
+        """The round's record: its density, and every compiled metric on each set at the end and at the
+        evaluation with the best monitored value (the early-stop point)."""
         report = masking.sparsity_report(self.model)
-        end = curve[-1]
-        early = min(curve, key=lambda point: point["val_loss"])
+        end = result.curve[-1]
+        early = best_evaluation(result.curve, self.config.monitor, self.config.mode)
         return {
             "round": index,
             "density": report["density"],
             "layer_density": {key: layer["density"] for key, layer in report["layers"].items()},
             "remaining_weights": report["remaining"],
             "iterations": end["iteration"],
-            "train_accuracy": train["accuracy"], "train_loss": train["loss"],
-            "val_accuracy": end["val_accuracy"], "val_loss": end["val_loss"],
-            "test_accuracy": end["test_accuracy"], "test_loss": end["test_loss"],
+            **{f"train_{name}": value for name, value in result.train.items()},
+            **{name: value for name, value in end.items() if name != "iteration"},
             "early_stop_iteration": early["iteration"],
-            "early_stop_val_loss": early["val_loss"],
-            "early_stop_test_accuracy": early["test_accuracy"],
+            **{f"early_stop_{name}": value for name, value in early.items() if name != "iteration"},
             "seconds": seconds,
-            "learning_rate": self.config.learning_rate,
-            "curve": curve,
+            "learning_rate": result.learning_rate,
+            "curve": result.curve,
         }
 
-    def _compile(self, optimizer):
-        """Compiles the model with `optimizer`; if the last round's optimizer had the same configuration, only
-        sets that optimizer's state to `optimizer`'s fresh one, so the train and test steps are traced once per
-        search, not once per round."""
-        settings = keras.optimizers.serialize(optimizer)
-        settings["config"].pop("name")  # Unique per instance ("adam_1"), not a setting.
-        if self.model.compiled and settings == self._compiled_settings:
-            optimizer.build(self.model.trainable_variables)
-            for variable, fresh in zip(self.model.optimizer.variables, optimizer.variables, strict=True):
-                variable.assign(fresh)
-            return
-        self.model.compile(optimizer=optimizer, metrics=["accuracy"],
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           jit_compile=self.config.jit_compile)
-        self._compiled_settings = settings
+    def _best_round(self, rounds):
+        return best_round(rounds, self.config.tolerance, self.config.monitor, self.config.mode)
 
-    def _optimizer(self, index, total):
-        config = self.config
-        schedule = config.learning_rate
-        if config.lr_schedule == "cosine":
-            schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total,
-                                                              alpha=COSINE_FLOOR)
-            if config.rewind == "finetune" and index > 0:
-                schedule = config.learning_rate * COSINE_FLOOR  # Continue at the final learning rate.
-        if config.optimizer == "adam":
-            return keras.optimizers.Adam(schedule)
-        return keras.optimizers.SGD(schedule, momentum=0.9 if config.optimizer == "momentum" else 0.0)
-
-    def _train_dataset(self, index, steps):
-        """Batches for `steps` steps, in an order drawn with NumPy from (seed, round).
-
-        The order is fixed before `tf.data` sees it, so it is the same under every
-        `tf.distribute` strategy (a strategy rebuilds the pipeline, which re-seeds
-        `Dataset.shuffle`); each replica gathers its share of the global batch.
-        """
-        count, batch = len(self.data.x_train), self.config.batch_size
-        rng = np.random.default_rng(round_seed(self.config.seed, index))
-        order = np.concatenate([rng.permutation(count) for _ in range(-(-steps * batch // count))])
-        images, labels = tf.constant(self.data.x_train), tf.constant(self.data.y_train)
-        return (tf.data.Dataset.from_tensor_slices(order[: steps * batch]).batch(batch)
-                .map(lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
-                .prefetch(tf.data.AUTOTUNE))
-
-    def _save_round(self, index, metrics):
-        self.write_store.write_round(index, self._round_state, metrics)
+    def _save_round(self, index, state, metrics):
+        self.write_store.write_round(index, state, metrics)
         if self.tensorboard:
             self._write_scalars(metrics)
 
     def _write_scalars(self, metrics):
         writer = tf.summary.create_file_writer(self.write_store.path(run_store.TENSORBOARD_DIR))
         with writer.as_default(step=metrics["round"]):
-            for name in ("density", "test_accuracy", "val_accuracy", "early_stop_iteration",
-                         "early_stop_test_accuracy", "seconds"):
-                tf.summary.scalar(name, metrics[name])
+            for name, value in metrics.items():
+                if name != "round" and isinstance(value, (int, float)):
+                    tf.summary.scalar(name, value)
         writer.close()
 
     def _save_best_ticket(self, history):
         if history["best_round"] is not None and self.chief:
             self.save_ticket(history["best_round"], self.store.path(run_store.TICKET_FILE))
 
-    def save_ticket(self, index, path):
-        """Saves the masked, trained network of completed round `index` as a `.keras` file, atomically."""
-        self.store.restore_round(self.model, index)
-        with storage.atomic_path(path, ".keras") as temporary:
-            self.model.save(temporary)
-
     def _report(self, m):
-        self._log(f"round {m['round']:>3}  density {m['density']:8.3%}  test acc {m['test_accuracy']:.4f}  "
-                  f"val acc {m['val_accuracy']:.4f}  early stop {m['early_stop_iteration']:>6} "
-                  f"(test acc {m['early_stop_test_accuracy']:.4f})  {m['seconds']:6.1f} s")
+        monitor = self.config.monitor
+        shown = [name for name in dict.fromkeys((monitor, "val_accuracy", f"test_{monitor[4:]}", "test_accuracy"))
+                 if name in m]
+        values = "  ".join(f"{name} {m[name]:.4f}" for name in shown)
+        self._log(f"round {m['round']:>3}  density {m['density']:8.3%}  {values}  early stop "
+                  f"{m['early_stop_iteration']:>6}  {m['seconds']:6.1f} s")
 
     def _log(self, message):
         if self.verbose:
@@ -612,10 +502,11 @@ def read_run_config(run_dir):
     return SearchConfig(**RunStore(run_dir).read_record()["config"])
 
 
-def best_round(rounds, max_accuracy_drop=0.005):
-    """The sparsest round whose validation accuracy is within `max_accuracy_drop` of round 0's."""
+def best_round(rounds, tolerance=0.005, monitor="val_loss", mode="auto"):
+    """The sparsest round whose final `monitor` is at most `tolerance` worse than round 0's."""
     if not rounds:
         return None
-    floor = rounds[0]["val_accuracy"] - max_accuracy_drop
-    eligible = [r for r in rounds if r["val_accuracy"] >= floor]
+    sign = 1 if monitor_mode(monitor, mode) == "min" else -1
+    limit = sign * rounds[0][monitor] + tolerance
+    eligible = [r for r in rounds if sign * r[monitor] <= limit + 1e-12]
     return min(eligible, key=lambda r: r["density"])["round"]

@@ -155,7 +155,8 @@ class LotteryTuner(keras_tuner.Tuner):
         index = self._scored_round(config, rounds)
         search.save_ticket(index, self._ticket_path(trial))
         scored = rounds[index]
-        return {name: scored[name] for name in ("val_accuracy", "density", "test_accuracy", "round")}
+        return {name: scored[name] for name in ("val_accuracy", "density", "test_accuracy", "round")
+                if name in scored}  # No test_accuracy without a test set.
 
     def _run_dir(self, trial):
         return os.path.join(self.get_trial_dir(trial.trial_id), "search")
@@ -165,7 +166,7 @@ class LotteryTuner(keras_tuner.Tuner):
 
     def _scored_round(self, config, rounds):
         if self.objective == "density":
-            return best_round(rounds, self.tolerance)
+            return best_round(rounds, self.tolerance, "val_accuracy")
         if rounds[-1]["density"] > config.target_density + 1e-9:
             raise keras_tuner.errors.FailedTrialError(
                 f"The search stopped at density {rounds[-1]['density']:.4f}, above the target "

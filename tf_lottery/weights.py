@@ -27,3 +27,22 @@ def restore(model, values):
         variable.assign(values[path])
     if masking.is_masked(model):
         masking.apply_masks(model)
+
+
+def by_position(values, like):
+    """`values` (a snapshot of another instance of `like`'s architecture) under the keys of `like`, matched in
+    model order: two instances of an architecture with unnamed layers have the same weights under other names."""
+    shapes, expected = [np.shape(v) for v in values.values()], [np.shape(v) for v in like.values()]
+    if shapes != expected:
+        raise ValueError(f"These weights belong to another architecture: shapes {shapes}, expected {expected}.")
+    return dict(zip(like, values.values()))
+
+
+def reinitialized(model):
+    """A new instance of `model`'s architecture, freshly initialized: rebuilt from `model.get_config()`."""
+    try:
+        return type(model).from_config(model.get_config())
+    except (NotImplementedError, TypeError, ValueError) as error:
+        raise ValueError(f"Model '{model.name}' cannot be rebuilt from its configuration ({error}), so it cannot be "
+                         "freshly initialized: give the search a build_model that initializes a new model on each "
+                         "call.") from error
