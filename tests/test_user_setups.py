@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_lottery import SearchData, data_sources, models
-from tf_lottery.search import SearchConfig, TicketSearch
+from tf_lottery.search import RoundDivergedError, SearchConfig, TicketSearch
 from tf_lottery.trainer import monitor_mode
 
 from conftest import DIGITS, round_arrays
@@ -292,3 +292,13 @@ def test_search_data_names_the_forms_it_takes():
     assert SearchConfig(monitor="val_smoothness", mode="max").mode == "max"
     assert [monitor_mode(f"val_{name}", "auto") for name in ("loss", "mae", "label_loss", "auc", "top2", "r2_score")] \
         == ["min", "min", "min", "max", "max", "max"]
+
+
+def test_a_compiled_model_that_diverges_is_told_to_compile_a_smaller_learning_rate(tmp_path):
+    def build():
+        model = _regression_mlp()
+        model.compile(optimizer=keras.optimizers.SGD(1e6), loss="mse")
+        return model
+
+    with pytest.raises(RoundDivergedError, match=r"Round 0 diverged.*Compile the model with a smaller learning rate"):
+        TicketSearch(build, REGRESSION, CONFIG, str(tmp_path), verbose=0).run()

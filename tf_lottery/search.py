@@ -5,10 +5,14 @@ trained network with the plan, resets the survivors (to the rewind weights, or
 keeps the trained weights for `lr` / `finetune`), and trains again; with
 `gradual_iterations` it prunes step by step while it trains (`GradualPruning`).
 
-Each round is saved in the run directory (`tf_lottery.run_store`, which knows its layout).
-A process killed at any moment loses at most the round in progress: resuming
-rebuilds the next round from the last complete round folder, and seeds every
-round from (seed, round), so a resumed run equals an uninterrupted one.
+`TicketSearch` joins three parts: the round schedule (`tf_lottery.schedule`:
+which masks, start weights and length each round gets), the trainer
+(`tf_lottery.trainer`: one round with the user's compile and data) and the run
+store (`tf_lottery.run_store`, which alone knows the run directory's layout).
+Each round is saved as it ends. A process killed at any moment loses at most the
+round in progress: resuming rebuilds the next round from the last complete round
+folder, and seeds every round from (seed, round), so a resumed run equals an
+uninterrupted one.
 """
 
 import dataclasses
@@ -426,8 +430,9 @@ class TicketSearch:
             raise RoundDivergedError(
                 f"Round {index} diverged: its training loss is {result.train['loss']} with learning rate "
                 f"{result.learning_rate:g}. It was not saved; {self.run_dir} keeps its {index} completed round(s). "
-                f"Resume with a smaller learning_rate to train round {index} again."
-            )
+                + (f"Compile the model with a smaller learning rate and resume to train round {index} again."
+                   if self.trainer.user_compiled else
+                   f"Resume with a smaller learning_rate to train round {index} again."))
         metrics = self._metrics(index, result, time.time() - started)
         if "early_bird" in callbacks:
             early_bird = callbacks["early_bird"]
