@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import run_script
+from conftest import run_script, run_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio", "repeats", "steps", "batch_size")
@@ -63,16 +63,16 @@ def test_mask_overhead_quick(tmp_path):
 
 def test_search_cost_quick(tmp_path):
     output = tmp_path / "search_cost.json"
-    result = subprocess.run(
-        [sys.executable, "benchmarks/search_cost.py", "--quick", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
+    asked = ["imp_short", "early_bird", "one_shot", "movement_rate", "two_rounds", "two_rounds_lr", "gradual_lr", "gmp"]
+    result, bad = run_scripts(
+        ["benchmarks/search_cost.py", "--quick", f"--modes={','.join(asked)}", "--output", str(output)],
+        ["benchmarks/search_cost.py", "--quick", "--modes=three_rounds"], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert bad.returncode != 0 and "--modes has ['three_rounds']" in bad.stderr
     report = json.loads(output.read_text())
     assert json.loads(result.stdout) == report
     modes = report["datasets"]["digits"]["modes"]
-    assert set(modes) == {"imp", "imp_short", "early_bird", "one_shot", "movement_rate", "two_rounds", "two_rounds_lr",
-                          "gradual_lr", "gmp"}
+    assert set(report["modes"]) == set(modes) == {"imp", *asked}  # IMP, the baseline, runs unasked.
     for name, entry in modes.items():
         assert entry["seconds"] > 0 and entry["cpu_seconds"] > 0 and entry["iterations"] > 0, name
         assert len(entry["round_seconds"]) == entry["rounds"] and 0 < sum(entry["round_seconds"]) <= entry["seconds"]
@@ -94,17 +94,6 @@ def test_search_cost_quick(tmp_path):
     # Gradual magnitude pruning: a dense round of 4 iterations, then one of 100 that prunes over its first 33.
     assert modes["gmp"]["rounds"] == 2 and modes["gmp"]["iterations"] == 4 + 100
     assert modes["gmp"]["density"] == pytest.approx(modes["imp"]["density"], abs=0.01)
-
-
-def test_search_cost_runs_the_modes_asked_for_beside_imp(tmp_path):
-    result = subprocess.run([sys.executable, "benchmarks/search_cost.py", "--quick", "--modes=two_rounds"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
-    assert set(report["modes"]) == set(report["datasets"]["digits"]["modes"]) == {"imp", "two_rounds"}
-    bad = subprocess.run([sys.executable, "benchmarks/search_cost.py", "--quick", "--modes=three_rounds"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "--modes has ['three_rounds']" in bad.stderr
 
 
 def test_round_overhead_quick(tmp_path):
