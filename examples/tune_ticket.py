@@ -13,6 +13,15 @@ model, PATH.keras, and a built-in dataset, npz:PATH, images:DIR or tfds:NAME:
 
     python examples/tune_ticket.py --model=my_model.keras --data=npz:my_data.npz --output_dir=runs/tune_mine
 
+Many trials at once: keras-tuner's distributed tuning. Run the same command as a chief, which serves
+the oracle (and prints the table and the best ticket once the study ends), and as any number of
+workers, which run the trials, all sharing --output_dir; each worker may train its trials under a
+tf.distribute --strategy. Restart a killed worker with its own KERASTUNER_TUNER_ID: it resumes its trial.
+
+    export KERASTUNER_ORACLE_IP=10.0.0.1 KERASTUNER_ORACLE_PORT=8000   # the chief's address, on every machine
+    KERASTUNER_TUNER_ID=chief python examples/tune_ticket.py --output_dir=/shared/runs/tune
+    KERASTUNER_TUNER_ID=tuner0 python examples/tune_ticket.py --output_dir=/shared/runs/tune --strategy=mirrored
+
 Both objectives score validation accuracy (val_accuracy), so the model must be a classifier that
 reports accuracy: the built-in networks do; compile a saved model with metrics=["accuracy"]. A saved
 compiled model trains with its own optimizer, so its learning rate is not tuned.
@@ -22,7 +31,7 @@ import os
 
 from absl import app, flags
 
-from tf_lottery import cli, tuning
+from tf_lottery import cli, distribute, tuning
 from tf_lottery.search import SearchConfig
 
 flags.DEFINE_integer("max_trials", 10, "Trials to run (random and bayesian oracles).", lower_bound=1)
@@ -38,7 +47,9 @@ flags.DEFINE_integer("epochs", 2, "Training epochs per round (hyperband: the max
 flags.DEFINE_integer("seed", 0, "One seed for the oracle and every trial's search.")
 flags.DEFINE_string("output_dir", "runs/tune_ticket", "Tuning project directory: one folder per trial.")
 flags.DEFINE_boolean("overwrite", False, "Delete an existing project in --output_dir and start again "
-                     "(default: resume it).")
+                     "(default: resume it). Distributed: only the chief deletes it.")
+flags.DEFINE_string("strategy", "default", f"tf.distribute strategy each trial trains under: one of "
+                    f"{distribute.STRATEGIES}. Distributed: each worker's own (the chief trains nothing).")
 FLAGS = flags.FLAGS
 
 
@@ -60,6 +71,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     output_dir = os.path.abspath(FLAGS.output_dir)
+    role = tuning.distributed_role()
+    strategy = None if role == "chief" else distribute.strategy_from_flag(FLAGS.strategy)
     config = SearchConfig(rounds=None, target_density=FLAGS.target_density, epochs=FLAGS.epochs, seed=FLAGS.seed)
     build, data = cli.model_and_data(seed=config.seed, batch_size=config.batch_size)
     # A compiled model trains with its own optimizer: the search's learning rate stays at its default.
@@ -70,8 +83,15 @@ def main(argv):
     tuner = tuning.LotteryTuner(build, data, config, FLAGS.oracle, objective=FLAGS.objective,
                                 tolerance=FLAGS.tolerance, max_trials=FLAGS.max_trials,
                                 hyperparameters=hyperparameters, directory=os.path.dirname(output_dir),
-                                project_name=os.path.basename(output_dir), overwrite=FLAGS.overwrite)
+                                project_name=os.path.basename(output_dir), overwrite=FLAGS.overwrite,
+                                distribution_strategy=strategy)
+    if role == "chief":
+        print(f"Serving the oracle on {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']} "
+              "until the workers have run every trial.", flush=True)
     tuner.search()
+    if role == "worker":
+        print(f"{tuner.tuner_id}: no trials left. The chief prints the results and the best ticket.")
+        return
     print_results(tuner.results(), fixed=fixed)
     best = tuner.best_result()
     print(f"\nBest ticket: trial {best['trial']}, round {best['round']} of {best['run_dir']}: {best['ticket']}\n"

@@ -20,6 +20,11 @@ Layout of the project directory (`directory/project_name`):
 Resuming works as in keras-tuner: build the tuner again with `overwrite=False`
 (the default) and call `search()`. Finished trials are not run again; a trial
 cut off mid-search resumes its ticket search from its last complete round.
+
+Distributed tuning is keras-tuner's: with `KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT` and
+`KERASTUNER_TUNER_ID` set, the chief's `search()` serves the oracle over gRPC until the study
+ends and its `results()` then lists every trial; each worker's `search()` runs trials the chief
+hands out, writing to the shared project directory (see `distributed_role`).
 """
 
 import dataclasses
@@ -51,6 +56,23 @@ ORACLES = {
 }
 
 _FIELDS = {field.name for field in dataclasses.fields(SearchConfig)}
+
+
+def distributed_role():
+    """This process's part in keras-tuner's distributed tuning, read from its environment variables.
+
+    Returns "chief" (`KERASTUNER_TUNER_ID` contains "chief": serves the oracle, runs no trial),
+    "worker" (runs the trials the chief hands out) or None (`KERASTUNER_ORACLE_IP` unset: one
+    process does both).
+    """
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return None
+    missing = [name for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if name not in os.environ]
+    if missing:
+        raise ValueError(f"KERASTUNER_ORACLE_IP is set, so this process joins a distributed tuning run: set "
+                         f"{' and '.join(missing)} too (the chief's port; 'chief' for the chief, a name of its "
+                         "own such as 'tuner0' for each worker), or unset KERASTUNER_ORACLE_IP.")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
 def build_search_space(hp):
@@ -93,7 +115,9 @@ class LotteryTuner(keras_tuner.Tuner):
         hyperparameters: a `keras_tuner.HyperParameters` for a named oracle,
             merged with `build_search_space` (see there).
         **kwargs: `keras_tuner.Tuner` arguments: `directory`, `project_name`,
-            `overwrite` (False: resume an existing project), ...
+            `overwrite` (False: resume an existing project; a worker never
+            deletes the shared project), `distribution_strategy` (a
+            `tf.distribute.Strategy` every trial's search trains under), ...
     """
 
     def __init__(self, build_model, data, config, oracle="random", *, objective="accuracy", tolerance=0.005,
@@ -104,6 +128,9 @@ class LotteryTuner(keras_tuner.Tuner):
             raise ValueError("The 'accuracy' objective scores the ticket at config.target_density; set it.")
         self.build_model, self.data, self.config = build_model, data, config
         self.objective, self.tolerance = objective, tolerance
+        self.role = distributed_role()
+        if self.role == "worker":
+            kwargs["overwrite"] = False  # The chief owns the project: it may already serve from it.
         super().__init__(oracle=self._oracle(oracle, max_trials, hyperparameters), **kwargs)
         self.oracle.update_space(build_search_space(self.oracle.get_space()))
         unknown = sorted(hp.name for hp in self.oracle.get_space().space if hp.name not in _FIELDS)
@@ -149,8 +176,10 @@ class LotteryTuner(keras_tuner.Tuner):
         """
         keras.backend.clear_session()
         config = self.trial_config(trial.hyperparameters)
+        if verbose and self.role == "worker":  # The chief's oracle announces trials; say which worker runs one.
+            print(f"{self.tuner_id} runs trial {trial.trial_id}: {self._run_dir(trial)}", flush=True)
         search = TicketSearch(self.build_model, self.data, config, self._run_dir(trial), resume=True,
-                              verbose=int(bool(verbose)))
+                              verbose=int(bool(verbose)), strategy=self.distribution_strategy)
         rounds = search.run()["rounds"]
         index = self._scored_round(config, rounds)
         search.save_ticket(index, self._ticket_path(trial))
@@ -181,25 +210,46 @@ class LotteryTuner(keras_tuner.Tuner):
 
     def results(self):
         """One `result` per trial, in trial order."""
+        self._require_oracle()
         return [self.result(trial) for _, trial in sorted(self.oracle.trials.items())]
 
     def best_result(self):
         """The `result` of the best completed trial."""
+        self._require_oracle()
         best = self.oracle.get_best_trials(1)
         if not best or best[0].status != keras_tuner.engine.trial.TrialStatus.COMPLETED:
             raise ValueError(f"No trial in {self.project_dir} has completed yet; run search() first.")
         return self.result(best[0])
 
+    def _require_oracle(self):
+        if self.role == "worker":
+            raise ValueError("This worker of a distributed tuning run holds no oracle: read the results on the "
+                             "chief (KERASTUNER_TUNER_ID=chief) once its search() returns.")
+
     def result(self, trial):
         """A trial as a dict: trial id, status, the SearchConfig fields it tuned, its objective
         value, and (None unless completed) the scored round of its search run and its ticket file."""
         done = trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED
-        return {"trial": trial.trial_id, "status": trial.status, "hyperparameters": self._tuned(trial.hyperparameters),
+        return {"trial": trial.trial_id, "status": trial.status,
+                "hyperparameters": self._in_space_order(self._tuned(trial.hyperparameters)),
                 "objective": trial.score, "run_dir": self._run_dir(trial),
                 "round": int(trial.metrics.get_last_value("round")) if done else None,
                 "ticket": self._ticket_path(trial) if done else None}
 
+    def _in_space_order(self, values):
+        """`values` in the order the space declares them (a trial sent over gRPC lists its values by type)."""
+        order = [hp.name for hp in self.oracle.get_space().space]
+        return dict(sorted(values.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
     # ------------------------------------------------- keras-tuner's state
+
+    def search(self, *args, **kwargs):
+        """keras-tuner's `search`; on a distributed run's chief, it returns once the study has ended."""
+        super().search(*args, **kwargs)
+        if self.role == "chief":
+            # keras-tuner's chief saves the oracle before each worker's last trial leaves its ongoing
+            # trials, and not after: save again, or a resumed project would run those trials again.
+            self.save()
 
     def on_search_begin(self):
         # keras-tuner writes its tuner file only after a trial ends; writing it now lets a run
