@@ -205,8 +205,7 @@ class RunStore:
 
     def write_model(self, model):
         """Saves the search's masked model as round 0 starts, atomically: what readers rebuild it from."""
-        with storage.atomic_path(self.path(MODEL_FILE), ".keras") as temporary:
-            model.save(temporary)
+        storage.save_model(model, self.path(MODEL_FILE))
 
     def load_model(self, index=None):
         """The run's masked model (from `model.keras`), set to completed round `index` if given."""

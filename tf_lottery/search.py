@@ -278,8 +278,7 @@ class TicketSearch:
     def save_ticket(self, index, path):
         """Saves the masked, trained network of completed round `index` as a `.keras` file, atomically."""
         self.store.restore_round(self.model, index)
-        with storage.atomic_path(path, ".keras") as temporary:
-            self.model.save(temporary)
+        storage.save_model(self.model, path)
 
     # ------------------------------------------------------------- run folder
 

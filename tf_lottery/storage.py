@@ -41,6 +41,12 @@ def atomic_path(path, suffix=""):
             os.remove(temporary)
 
 
+def save_model(model, path):
+    """Saves a Keras model as the `.keras` file `path`, atomically."""
+    with atomic_path(path, ".keras") as temporary:
+        model.save(temporary)
+
+
 @contextlib.contextmanager
 def atomic_folder(path):
     """Yields a temporary folder next to `path`; swaps it in for `path` if the block succeeds."""
