@@ -22,6 +22,7 @@ counts its rounds in epochs.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -104,8 +105,13 @@ class SearchData:
             return math.ceil(count(self.train) / batch_size)
         if isinstance(self.train, keras.utils.PyDataset):
             return len(self.train)
-        cardinality = int(self._train_dataset(0).cardinality())
-        return cardinality if cardinality > 0 else None
+        return self._train_cardinality if self._train_cardinality > 0 else None
+
+    @functools.cached_property
+    def _train_cardinality(self):
+        """Batches in the training pipeline (negative if it has no end or TF cannot tell): read once, since a
+        training function rebuilds its pipeline on every call, and the search asks every round."""
+        return int(self._train_dataset(0).cardinality())
 
     def train_batches(self, seed, steps, batch_size):
         """A `tf.data.Dataset` of exactly `steps` training batches for the round seeded with `seed`.
