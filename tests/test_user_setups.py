@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_lottery import SearchData, data_sources, models
+from tf_lottery.run_store import RunStore
 from tf_lottery.search import RoundDivergedError, SearchConfig, TicketSearch
 from tf_lottery.trainer import monitor_mode
 
@@ -77,6 +78,18 @@ def test_a_regression_mlp_with_mean_squared_error_and_no_test_set(tmp_path):
     assert "val_mae" in rounds[0] and not any(name.startswith("test_") for name in rounds[0])
     assert rounds[0]["val_loss"] < float(np.var(y))  # It learned something.
     assert history["best_round"] == max(r["round"] for r in rounds if r["val_loss"] <= rounds[0]["val_loss"] + 0.005)
+
+
+def test_arrays_with_sample_weights_train_and_evaluate_weighted(tmp_path):
+    weights = np.where(Y_REGRESSION[:160] > 0, 1.0, 0.0).astype("float32")
+    data = SearchData(train=(X_REGRESSION[:160], Y_REGRESSION[:160], weights),
+                      validation=(X_REGRESSION[160:], Y_REGRESSION[160:]))
+    history = TicketSearch(_regression_mlp, data, dataclasses.replace(CONFIG, rounds=1), str(tmp_path), verbose=0).run()
+    ticket = RunStore(str(tmp_path)).load_model(1)
+    x, y = X_REGRESSION[:160], Y_REGRESSION[:160]
+    weighted = ticket.evaluate(x, y, sample_weight=weights, batch_size=1024, verbose=0, return_dict=True)["loss"]
+    plain = ticket.evaluate(x, y, batch_size=1024, verbose=0, return_dict=True)["loss"]
+    assert history["rounds"][1]["train_loss"] == pytest.approx(weighted) and weighted != pytest.approx(plain)
 
 
 def test_unnamed_layers_take_a_reinit_control_and_a_resume_names_their_numbering(tmp_path):

@@ -211,7 +211,9 @@ def as_search_data(data):
 def evaluate(model, split, **kwargs):
     """`model.evaluate` on one set in any of `SearchData`'s forms; returns Keras' dict of metrics."""
     if is_arrays(split):
-        return model.evaluate(*split, batch_size=EVALUATION_BATCH_SIZE, return_dict=True, **kwargs)
+        x, y, *weights = split  # `evaluate`'s third positional argument is the batch size, not sample weights.
+        return model.evaluate(x, y, sample_weight=weights[0] if weights else None,
+                              batch_size=EVALUATION_BATCH_SIZE, return_dict=True, **kwargs)
     return model.evaluate(split, return_dict=True, **kwargs)
 
 

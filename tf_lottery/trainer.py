@@ -196,7 +196,8 @@ class Trainer:
         return data_lib.evaluate(self.model, split, verbose=0, **kwargs)
 
     def _evaluate_training_set(self, seed):
-        """The metrics on the training set: the arrays, or one epoch of the pipeline (at most the round's length)."""
+        """The metrics on the training set: the arrays, or one epoch of the pipeline (a round's iterations if it has
+        no end)."""
         if data_lib.is_arrays(self.data.train):
             return self._evaluate(self.data.train)
         steps = self.data.train_steps_per_epoch(self.config.batch_size) or self.config.iterations
