@@ -27,6 +27,7 @@ from tf_lottery.masking import (
 )
 from tf_lottery.pruning import PruningPlan
 from tf_lottery.registry import DENSE_BY_DEFAULT, register_prunable
+from tf_lottery.structure import compact
 
 __version__ = "0.2.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "PruningPlan",
     "SearchData",
     "apply_masks",
+    "compact",
     "criteria",
     "get_masks",
     "get_prunable_weights",

@@ -9,7 +9,7 @@ The schedule holds the arrays later rounds start from; it reads and writes no fi
 
 import sys
 
-from tf_lottery import criteria, masking, weights
+from tf_lottery import criteria, masking, structure, weights
 from tf_lottery.pruning import compounded_plan, random_masks_like
 
 
@@ -31,7 +31,16 @@ class RoundSchedule:
         self.plan = config.plan()
         self.criterion = criteria.get(config.criterion, seed=config.seed)
         self.initial_weights = weights.snapshot(model)
+        # The units of a unit plan and what depends on them; None when the plan prunes single weights.
+        self.structure = structure.analyze(model) if config.granularity == "unit" else None
         self._state = None  # The arrays of the last round (see `keep`).
+
+    def check_plan(self):
+        """Raises a `ValueError` if the plan names layers it cannot prune (or, for units, the model has none)."""
+        masks = masking.get_masks(self.model)
+        self.plan.check_names(masks)
+        if self.structure is not None:
+            self.structure.check_plan(self.plan, masks)
 
     def state_names(self):
         """The arrays each round keeps: masks and weights, and what the criterion needs."""
@@ -72,7 +81,10 @@ class RoundSchedule:
         else:
             masks = self._pruned_masks()
         if self.config.control == "random_mask" and index > 0:
-            masks = random_masks_like(masks, self.round_seed(index), self.plan.block)
+            if self.structure is not None:
+                masks = self.structure.random_like(masks, self.round_seed(index))
+            else:
+                masks = random_masks_like(masks, self.round_seed(index), self.plan.block)
         return masks
 
     def one_shot_plan(self, masks):
@@ -109,6 +121,9 @@ class RoundSchedule:
         final = masking.get_prunable_weights(self.model, state["trained"])
         initial = masking.get_prunable_weights(self.model, state["rewind"])
         scores = criteria.score(self.criterion, final, initial, state.get("statistics"))
+        if self.structure is not None:
+            units = self.structure.unit_scores(scores, state["trained"], self.config.unit_score)
+            return self.structure.prune(self.plan, state["masks"], units)
         if self.config.prunes_once:
             plan = self.one_shot_plan(state["masks"])
         elif self.config.rounds_to_target:

@@ -30,10 +30,12 @@ from tf_lottery.data import as_search_data
 from tf_lottery.pruning import SCOPES, PruningPlan, parse_block
 from tf_lottery.run_store import RunDirError, RunStore, empty_history
 from tf_lottery.schedule import RoundSchedule
+from tf_lottery.structure import UNIT_SCORES
 from tf_lottery.trainer import COSINE_FLOOR, Trainer, best_evaluation, monitor_mode
 
 REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
 CONTROLS = ("reinit", "random_mask")
+GRANULARITIES = ("weight", "unit")
 OPTIMIZERS = ("adam", "sgd", "momentum")
 LR_SCHEDULES = ("constant", "cosine")
 MODES = ("auto", "min", "max")
@@ -65,6 +67,13 @@ class SearchConfig:
     scope: str = _field("layerwise", "Rank weights per layer or globally.", SCOPES)
     block: str | None = _field(None, "Prune 2-D kernels in blocks, 'RxC' in TFLite's [out, in] layout: "
                                      "'1x4' (fast sparse float TFLite) or '1x16' (fast sparse int8).")
+    granularity: str = _field("weight", "Prune single weights, or whole units: Dense units and convolution filters, "
+                                        "each with the rows of the layers that read it, its BatchNormalization and "
+                                        "depthwise channels and its residual partners (see tf_lottery.structure; "
+                                        "tf_lottery.compact then builds the narrower network).", GRANULARITIES)
+    unit_score: str = _field("weights", "How a unit plan ranks units: the mean of the criterion's scores over a "
+                                        "unit's weights, or the |scale| of its BatchNormalization channels "
+                                        "(bn_scale, network slimming).", UNIT_SCORES)
     criterion: str = _field("magnitude", "Pruning criterion.", tuple(criteria.CRITERIA))
     movement_every: str = _field("step", "How often criterion movement_rate adds up |Δw|: every step, or every "
                                          "epoch (evaluation period).", UNITS)
@@ -155,6 +164,11 @@ class SearchConfig:
         if self.gradual_iterations and self.control:
             raise ValueError("A control trains given masks from the start of every round, so it cannot prune "
                              "gradually: run it without gradual_iterations.")
+        if self.granularity == "unit" and (self.block or self.scope != "layerwise" or self.prunes_once
+                                           or self.rounds_to_target or self.gradual_iterations):
+            raise ValueError("granularity='unit' prunes each layer's units round by round at its own rate: it "
+                             "excludes block, scope='global', one_shot, early_bird, rounds_to_target and "
+                             "gradual_iterations.")
         if self.early_bird is not None and not 0 < self.early_bird <= 1:
             raise ValueError(f"early_bird must be a mask distance in (0, 1], e.g. 0.1; got {self.early_bird!r}.")
         if not self.learning_rate > 0:
@@ -258,7 +272,7 @@ class TicketSearch:
         self.model = self._build_masked()
         self.schedule = RoundSchedule(config, self.model, lambda index: round_seed(config.seed, index),
                                       self._fresh_weights, self._load_replay())
-        self.schedule.plan.check_names(masking.get_masks(self.model))
+        self.schedule.check_plan()
         self.trainer = Trainer(self.model, self.data, config, self.strategy, self.verbose)
         self._check_before_training()
         history = self._prepare_run_dir()
