@@ -18,13 +18,20 @@ quantize="fastest")`), and prints whether the file stores its fully-connected
 weights block-sparse as that kernel needs:
 
     python examples/export_ticket.py --run_dir=runs/b16 --output_dir=runs/b16/export --fastest --variants=float
+
+--compact exports the narrower network instead (`tf_lottery.compact`): the
+units no layer reads any more (all of a unit ticket's pruned units) are removed,
+after a check that it computes what the masked ticket computes:
+
+    python examples/export_ticket.py --run_dir=runs/units --output_dir=runs/units/export --compact
 """
 
 import os
 
 from absl import app, flags
 
-from tf_lottery import cli, data_sources, export, extras
+import tf_lottery
+from tf_lottery import cli, data_sources, export, extras, parity
 from tf_lottery.run_store import RunStore
 
 flags.DEFINE_string("run_dir", None, "A ticket-search run directory (examples/find_ticket.py --output_dir).")
@@ -36,6 +43,8 @@ DEFAULT_VARIANTS = [name for name in export.VARIANTS if name != "pqat" or extras
 flags.DEFINE_list("variants", DEFAULT_VARIANTS, f"TFLite files to write, from {list(export.VARIANTS)}.")
 flags.DEFINE_bool("fastest", False, "Also write fastest.tflite, quantized to match the ticket's block structure "
                   "(float for 1x4 blocks, int8 for 1x16, dynamic for unstructured tickets).")
+flags.DEFINE_bool("compact", False, "Export the narrower network without the units no layer reads "
+                  "(tf_lottery.compact), checked against the masked ticket first.")
 flags.mark_flags_as_required(["run_dir", "output_dir"])
 flags.register_validator("variants", lambda names: bool(names) and set(names) <= set(export.VARIANTS),
                          f"--variants must be a non-empty subset of {list(export.VARIANTS)}.")
@@ -61,6 +70,15 @@ def _load_run():
     return export.load_ticket(FLAGS.run_dir, index), rounds[index], data
 
 
+def _compacted(model, sample):
+    """`tf_lottery.compact(model)`, checked to compute what `model` computes on `sample`; prints what it removed."""
+    compacted = tf_lottery.compact(model)
+    parity.check(model, lambda x: compacted.predict(x, verbose=0), sample, "compact")
+    print(f"Compacted: {compacted.count_params():,} of {model.count_params():,} parameters "
+          f"({compacted.count_params() / model.count_params():.1%}).")
+    return compacted
+
+
 @cli.reports_user_errors
 def main(argv):
     if len(argv) > 1:
@@ -70,6 +88,8 @@ def main(argv):
                       if name in metrics)
     print(f"Round {metrics['round']}: {metrics['density']:.2%} of weights remaining, {shown}.")
     sample = data.take("train", export.PARITY_SAMPLES)[0]
+    if FLAGS.compact:
+        model = _compacted(model, sample)
     entries = {"saved_model": export.export_saved_model(model, os.path.join(FLAGS.output_dir, "saved_model"),
                                                         representative_data=sample)}
     for variant in FLAGS.variants:

@@ -35,6 +35,20 @@ def test_binary_exports_every_variant_with_a_size_table(run_dir, tmp_path):
     assert "1.000" in result.stdout  # float.tflite against itself.
 
 
+def test_binary_exports_the_compacted_network(tmp_path):
+    run_dir = tmp_path / "run"
+    TicketSearch(lambda: models.lenet300_100(DIGITS.input_shape, DIGITS.num_classes), DIGITS,
+                 SearchConfig(rounds=1, epochs=1, batch_size=32, granularity="unit", prune_rate=0.5), str(run_dir),
+                 verbose=0).run()
+    result = run_script("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path / 'export'}",
+                        "--round=1", "--compact", "--variants=float", check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # fc1 keeps 150 of 300 units and fc2 50 of 100: 64*150+150 + 150*50+50 + 50*10+10 of 64*300+300 + ...
+    assert "Compacted: 17,810 of 50,610 parameters (35.2%)." in result.stdout
+    report = json.loads((tmp_path / "export" / export.REPORT_NAME).read_text())["files"]
+    assert report["float.tflite"]["parity"]["top1_agreement"] == 1.0
+
+
 def test_binary_names_the_rounds_a_run_has(run_dir, tmp_path):
     result = run_script("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path}", "--round=5",
                   check=False)

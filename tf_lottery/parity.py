@@ -16,6 +16,7 @@ import numpy as np
 #: fraction of outputs (over the last axis) on which both pick the same top-1 entry.
 TOLERANCES = {
     "saved_model": {"max_abs_diff": 1e-5, "top1_agreement": 0.99},
+    "compact": {"max_abs_diff": 1e-5, "top1_agreement": 0.99},
     "float": {"max_abs_diff": 1e-4, "top1_agreement": 0.99},
     "dynamic": {"max_abs_diff": 0.05, "top1_agreement": 0.97},
     "int8": {"max_abs_diff": 0.2, "top1_agreement": 0.95},
