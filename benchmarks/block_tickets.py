@@ -44,8 +44,6 @@ to stdout, and to `--output` if given (written atomically with `tf_lottery.stora
 """
 
 import os
-import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -57,6 +55,7 @@ import numpy as np  # noqa: E402
 
 from tf_lottery import datasets, environment, export, masking, models, pruning, run_store, storage  # noqa: E402
 from tf_lottery.search import REWIND_MODES, SearchConfig, TicketSearch  # noqa: E402
+import timing  # noqa: E402
 
 MODEL = "lenet300_100"
 STRUCTURES = {"unstructured": None, "1x4": "1x4", "1x16": "1x16"}
@@ -64,7 +63,6 @@ STRUCTURES = {"unstructured": None, "1x4": "1x4", "1x16": "1x16"}
 QUANTIZATIONS = {"float": None, "dynamic": "dynamic", "int8": "int8"}
 TARGETS = {"latency_ratio": 0.25, "bytes_ratio": 0.03, "accuracy_drop_points": 1.0}
 TARGET_DENSITY = 0.036
-WARMUP_RUNS = 30
 #: Rewinding modes that keep training the pruned network: no reinit control applies.
 UNREWOUND = ("lr", "finetune")
 QUICK = {"datasets": ["digits"], "epochs": [1], "rounds": 1, "prune_rate": 0.75, "output_prune_rate": 0.5,
@@ -114,15 +112,6 @@ def _search(data, config, run_dir, replay_from=None):
     return history, time.time() - started
 
 
-def _replay_dir(run_dir, rounds, folder):
-    """A directory holding only the masks of rounds 0 and `rounds` of `run_dir`, as its rounds 0, 1, 2, ..."""
-    for index, source in enumerate([0, *rounds]):
-        target = run_store.round_dir(folder, index)
-        os.makedirs(target)
-        shutil.copy(os.path.join(run_store.round_dir(run_dir, source), run_store.ROUND_FILES["masks"]), target)
-    return folder
-
-
 def _export(model, data, path, quantize, sparse=True):
     """Exports one TFLite file; its bytes, test accuracy and how it stores its weights (or the parity error)."""
     try:
@@ -154,24 +143,6 @@ def _random_mask_like(ticket, dense, block, seed):
     return dense
 
 
-def _latencies(paths, x, rounds, runs):
-    """Median microseconds per batch-1 invocation of each file, timed round-robin."""
-    interpreters = {name: export.load_interpreter(path, num_threads=1) for name, path in paths.items()}
-    for interpreter in interpreters.values():
-        export.run_tflite(interpreter, x[:1])  # Resizes to batch 1.
-    times = {name: [] for name in interpreters}
-    for index in range(rounds):
-        for name in (list(interpreters) if index % 2 == 0 else reversed(list(interpreters))):
-            interpreter, spent = interpreters[name], times[name]
-            for _ in range(WARMUP_RUNS):
-                interpreter.invoke()
-            for _ in range(runs):
-                start = time.perf_counter()
-                interpreter.invoke()
-                spent.append(time.perf_counter() - start)
-    return {name: 1e6 * statistics.median(spent) for name, spent in times.items()}
-
-
 def measure(name, epochs, settings, seed, folder):
     data = datasets.load(name, seed=seed)
     _log(f"[{name}] {len(data.x_train)} training images, {epochs} epoch(s) per round, {settings['rounds']} rounds.")
@@ -186,8 +157,8 @@ def measure(name, epochs, settings, seed, folder):
     rounds = sorted({min(histories["unstructured"]["rounds"], key=lambda r: abs(r["density"] - target))["round"]
                      for target in settings["densities"]})
     for structure, block in STRUCTURES.items() if settings["rewind"] not in UNREWOUND else ():
-        replay = _replay_dir(os.path.join(folder, name, structure), rounds,
-                             os.path.join(folder, name, f"{structure}_masks"))
+        replay = run_store.RunStore(os.path.join(folder, name, structure)).copy_masks(
+            rounds, os.path.join(folder, name, f"{structure}_masks"))
         config = SearchConfig(block=block, control="reinit", **{**base, "rounds": len(rounds)})
         history, spent = _search(data, config, os.path.join(folder, name, f"{structure}_reinit"), replay)
         controls[structure] = {index: r for index, r in zip(rounds, history["rounds"][1:])}
@@ -227,7 +198,7 @@ def measure(name, epochs, settings, seed, folder):
     _log(f"[{name}] {len(files)} TFLite files exported and evaluated: {export_seconds:.0f} s")
 
     started = time.time()
-    latency = _latencies({key: entry["path"] for key, entry in files.items() if entry["path"]}, data.x_test,
+    latency = timing.tflite_latencies({key: entry["path"] for key, entry in files.items() if entry["path"]}, data.x_test,
                          settings["latency_rounds"], settings["latency_runs"])
     baseline = files["dense_float"]
     for key, entry in files.items():

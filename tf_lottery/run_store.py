@@ -203,6 +203,18 @@ class RunStore:
         """The masks of round `index` (all a replay needs: a folder of round folders holding masks.npz will do)."""
         return storage.read_arrays(os.path.join(self.round_dir(index), ROUND_FILES["masks"]))
 
+    def copy_masks(self, rounds, folder):
+        """Copies the masks of round 0 and of `rounds` into round folders 0, 1, 2, ... of `folder`; returns it.
+
+        The copy is a replay source (`TicketSearch(replay_masks_from=folder)`)
+        that trains a control on those rounds only.
+        """
+        for index, source in enumerate([0, *rounds]):
+            target = round_dir(folder, index)
+            os.makedirs(target)
+            shutil.copy(os.path.join(self.round_dir(source), ROUND_FILES["masks"]), target)
+        return folder
+
     def write_model(self, model):
         """Saves the search's masked model as round 0 starts, atomically: what readers rebuild it from."""
         storage.save_model(model, self.path(MODEL_FILE))

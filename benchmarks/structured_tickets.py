@@ -1,0 +1,225 @@
+"""Unit tickets beside unstructured and 1x4 block tickets: accuracy, size and latency of the networks they ship.
+
+For each model of --models on --dataset (by default LeNet-300-100 and Conv-2 on the full Fashion-MNIST of
+Debian's `dataset-fashion-mnist`), in one process (ratios are to the same quantization of the dense network):
+
+1. A unit ticket search (`SearchConfig(granularity="unit")`): every round removes --prune_rate of the surviving
+   units of each hidden layer (Dense units, convolution filters) and rewinds to initialization, for --rounds rounds.
+2. An unstructured and a 1x4 block ticket search that reach the unit ticket's final density in as many rounds
+   (`rounds_to_target`), so the three end with equal numbers of remaining weights.
+3. The reinit control of each: the final round's masks trained from a fresh initialization (the control trains
+   the dense round 0 and that round only).
+4. The shipped networks: the dense network (round 0), the unit ticket compacted (`tf_lottery.compact`: a narrower
+   plain model, checked to compute what the masked ticket does), and the unstructured and 1x4 tickets as they
+   export (TFLite's sparse storage). Each is exported as a float and a full int8 TFLite file; reported: test
+   accuracy (Keras, and each file's), parameters, file bytes, and latency as ratios to the dense network measured
+   in the same run: Keras `predict_on_batch` at batch 1 and 256 (CPU, TensorFlow's threads) for the dense and the
+   compacted model (a masked ticket runs the dense graph), and TFLite at batch 1 (one thread, built-in kernels
+   without the XNNPACK delegate, `export.load_interpreter`) for every file. Timings are round-robin medians
+   (`timing.py`).
+
+Targets: on LeNet-300-100, the unit ticket within 1 point of dense test accuracy at <= 0.35x the dense float
+TFLite latency; on Conv-2, within 1 point at <= 0.5x the dense Keras CPU inference time (batch 256). Whether each
+ticket beats its reinit control is reported either way.
+
+Budget: the default run takes about an hour on a 2-core CPU, so it trains far less than the paper (50,000
+iterations per round): --iterations per round (2,000 for LeNet-300-100, about 2 epochs of 55,000 images; 400 for
+Conv-2), 5 rounds.
+
+Run from the repository root:
+
+    python benchmarks/structured_tickets.py [--models lenet300_100,conv2] [--iterations 2000,400] [--rounds 5]
+        [--dataset fashion_mnist] [--prune_rate 0.2] [--latency_rounds 5] [--latency_runs 100] [--seed 0]
+        [--output result.json]
+
+`--quick` uses tiny settings (for tests; the figures then mean nothing). The JSON goes to stdout, and to
+`--output` if given.
+"""
+
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tf_lottery  # noqa: E402
+from tf_lottery import datasets, environment, export, models, parity, storage, structure  # noqa: E402
+from tf_lottery.run_store import RunStore  # noqa: E402
+from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
+import timing  # noqa: E402
+
+KINDS = {"unit": {"granularity": "unit"}, "unstructured": {}, "1x4": {"block": "1x4"}}
+QUANTIZATIONS = {"float": None, "int8": "int8"}
+TARGETS = {"lenet300_100": ("tflite_float", 0.35), "conv2": ("keras_batch_256", 0.5)}
+ACCURACY_POINTS = 1.0
+KERAS_BATCHES = (1, 256)
+QUICK = {"dataset": "digits", "iterations": [20], "rounds": 1, "prune_rate": 0.5, "latency_rounds": 1,
+         "latency_runs": 5}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", list(TARGETS), f"Models, from {list(TARGETS)}.")
+flags.DEFINE_list("iterations", ["2000", "400"], "Training iterations per round, one per model (or one for all).")
+flags.DEFINE_integer("rounds", 5, "Pruning rounds of each search (after the dense round 0).", lower_bound=1)
+flags.DEFINE_enum("dataset", "fashion_mnist", datasets.NAMES, "Dataset.")
+flags.DEFINE_float("prune_rate", 0.2, "Fraction of surviving units pruned per round.")
+flags.DEFINE_integer("latency_rounds", 5, "Rounds of timing over all candidates.", lower_bound=1)
+flags.DEFINE_integer("latency_runs", 100, "Timed invocations per candidate and round.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the searches, the controls and the data split.")
+flags.DEFINE_string("output", None, "Also write the JSON to this file.")
+flags.DEFINE_bool("quick", False, f"Tiny settings for smoke tests: {QUICK}; overrides the flags it names.")
+flags.register_validator("models", lambda names: bool(names) and set(names) <= set(TARGETS),
+                         f"--models must be a non-empty subset of {list(TARGETS)}.")
+
+
+def _log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _accuracy(outputs, labels):
+    return float(np.mean(np.argmax(outputs, -1) == labels))
+
+
+def _search(name, data, config, run_dir, replay_from=None):
+    build = lambda: models.get(name)(data.input_shape, data.num_classes)  # noqa: E731
+    started = time.time()
+    history = TicketSearch(build, data, config, run_dir, replay_masks_from=replay_from, verbose=0).run()
+    return history, time.time() - started
+
+
+def _tflite(model, data, path, quantize):
+    """One TFLite file of `model`: its bytes and test accuracy."""
+    entry = export.export_tflite(model, path, quantize=quantize, block=None,
+                                 representative_data=data.x_train[:export.PARITY_SAMPLES])
+    outputs = export.run_tflite(export.load_interpreter(path), data.x_test)
+    return {"bytes": entry["bytes"], "test_accuracy": _accuracy(outputs, data.y_test),
+            "top1_agreement": entry["parity"]["top1_agreement"]}
+
+
+def _searches(name, data, iterations, settings, seed, folder):
+    """The three ticket searches and their reinit controls; `(histories, controls, seconds)`."""
+    rounds = settings["rounds"]
+    base = dict(epochs=None, iterations=iterations, eval_every=max(1, iterations // 2), seed=seed,
+                prune_rate=settings["prune_rate"])
+    histories, controls, seconds = {}, {}, {}
+    for kind, options in KINDS.items():
+        if kind == "unit":
+            config = SearchConfig(rounds=rounds, **base, **options)
+        else:  # The unit ticket's final density, reached in as many rounds.
+            target = histories["unit"]["rounds"][-1]["density"]
+            config = SearchConfig(rounds=None, target_density=target, rounds_to_target=rounds, **base, **options)
+        run_dir = os.path.join(folder, name, kind)
+        histories[kind], seconds[kind] = _search(name, data, config, run_dir)
+        _log(f"[{name}] {kind} search: {seconds[kind]:.0f} s, densities "
+             f"{[round(r['density'], 4) for r in histories[kind]['rounds']]}")
+        replay = RunStore(run_dir).copy_masks([rounds], os.path.join(folder, name, f"{kind}_masks"))
+        control = dataclasses.replace(config, control="reinit", rounds=1, target_density=None, rounds_to_target=None)
+        history, seconds[f"{kind}_reinit"] = _search(name, data, control, os.path.join(folder, name, f"{kind}_reinit"),
+                                                     replay_from=replay)
+        controls[kind] = history["rounds"][-1]
+        _log(f"[{name}] {kind} reinit control: {seconds[f'{kind}_reinit']:.0f} s")
+    return histories, controls, seconds
+
+
+def measure(name, data, iterations, settings, seed, folder):
+    _log(f"[{name}] {len(data.x_train)} training images, {iterations} iterations per round, "
+         f"{settings['rounds']} rounds.")
+    histories, controls, seconds = _searches(name, data, iterations, settings, seed, folder)
+    final = settings["rounds"]
+    dense = export.load_ticket(os.path.join(folder, name, "unit"), 0)
+    tickets = {kind: export.load_ticket(os.path.join(folder, name, kind), final) for kind in KINDS}
+    compacted = tf_lottery.compact(tickets["unit"])
+    compact_parity = parity.check(tickets["unit"], lambda x: compacted.predict(x, verbose=0),
+                                  data.x_test[:export.PARITY_SAMPLES], "compact")
+    shipped = {"dense": tf_lottery.strip(dense), "unit": compacted, "unstructured": tickets["unstructured"],
+               "1x4": tickets["1x4"]}
+    started = time.time()
+    files, paths = {}, {}
+    for network, model in shipped.items():
+        for kind, quantize in QUANTIZATIONS.items():
+            paths[f"{network}_{kind}"] = os.path.join(folder, name, "tflite", f"{network}_{kind}.tflite")
+            files[f"{network}_{kind}"] = _tflite(model, data, paths[f"{network}_{kind}"], quantize)
+    seconds["export"] = time.time() - started
+    started = time.time()
+    tflite = timing.tflite_latencies(paths, data.x_test, settings["latency_rounds"], settings["latency_runs"])
+    keras_times = {batch: timing.keras_latencies({"dense": shipped["dense"], "unit": compacted},
+                                                 data.x_test[:batch], settings["latency_rounds"],
+                                                 settings["latency_runs"])
+                   for batch in KERAS_BATCHES}
+    seconds["latency"] = time.time() - started
+    networks = {}
+    for network, model in shipped.items():
+        history = histories.get(network, histories["unit"])["rounds"]
+        metrics = history[0] if network == "dense" else history[final]
+        entry = {"density": metrics["density"], "keras_test_accuracy": metrics["test_accuracy"],
+                 "parameters": model.count_params(), "files": {}}
+        if network != "dense":
+            entry["reinit_test_accuracy"] = controls[network]["test_accuracy"]
+            entry["beats_reinit"] = metrics["test_accuracy"] > controls[network]["test_accuracy"]
+        for kind in QUANTIZATIONS:
+            key = f"{network}_{kind}"
+            dense_key = f"dense_{kind}"
+            entry["files"][kind] = {**files[key], "bytes_ratio": files[key]["bytes"] / files[dense_key]["bytes"],
+                                    "latency_us": tflite[key], "latency_ratio": tflite[key] / tflite[dense_key]}
+        if network in ("dense", "unit"):
+            entry["keras_latency_us"] = {f"batch_{b}": keras_times[b][network] for b in KERAS_BATCHES}
+            entry["keras_latency_ratio"] = {f"batch_{b}": keras_times[b][network] / keras_times[b]["dense"]
+                                            for b in KERAS_BATCHES}
+        networks[network] = entry
+    unit = networks["unit"]
+    alive = structure.analyze(tickets["unit"]).alive_units(tf_lottery.get_masks(tickets["unit"]))
+    unit["units"] = {group: int(units.sum()) for group, units in alive.items()}
+    unit["compact_parity"] = compact_parity
+    unit["test_accuracy_per_round"] = [r["test_accuracy"] for r in histories["unit"]["rounds"]]
+    return {"iterations_per_round": iterations, "rounds": final, "networks": networks,
+            "targets": _targets(name, networks), "seconds": seconds}
+
+
+def _targets(name, networks):
+    measure_name, limit = TARGETS[name]
+    unit, dense = networks["unit"], networks["dense"]
+    ratio = unit["files"]["float"]["latency_ratio"] if measure_name == "tflite_float" \
+        else unit["keras_latency_ratio"]["batch_256"]
+    drop = 100 * (dense["keras_test_accuracy"] - unit["keras_test_accuracy"])
+    return {"accuracy_drop_points": {"value": drop, "at_most": ACCURACY_POINTS, "held": drop <= ACCURACY_POINTS},
+            f"{measure_name}_latency_ratio": {"value": ratio, "at_most": limit, "held": ratio <= limit}}
+
+
+def main(argv):
+    del argv
+    settings = {"dataset": FLAGS.dataset, "iterations": [int(i) for i in FLAGS.iterations], "rounds": FLAGS.rounds,
+                "prune_rate": FLAGS.prune_rate, "latency_rounds": FLAGS.latency_rounds,
+                "latency_runs": FLAGS.latency_runs}
+    if FLAGS.quick:
+        settings.update(QUICK)
+    iterations = settings["iterations"]
+    if len(iterations) not in (1, len(FLAGS.models)):
+        raise app.UsageError(f"--iterations needs one value, or one per model ({len(FLAGS.models)}).")
+    data = datasets.load(settings["dataset"], seed=FLAGS.seed)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for index, name in enumerate(FLAGS.models):
+            results[name] = measure(name, data, iterations[index % len(iterations)], settings, FLAGS.seed, folder)
+    report = {
+        "benchmark": "structured_tickets",
+        "measured": "unit, unstructured and 1x4 tickets at equal remaining weights, with reinit controls: test "
+                    "accuracy; the shipped network's parameters and TFLite bytes; latency as ratios to the dense "
+                    "network in the same run (Keras predict_on_batch at batch 1 and 256 for the compacted unit "
+                    "ticket; TFLite float and int8 at batch 1, one thread, for every file)",
+        "quick": FLAGS.quick,
+        "seed": FLAGS.seed,
+        "dataset": {"name": data.name, "source": data.source, "train_images": len(data.x_train),
+                    "test_images": len(data.x_test)},
+        "settings": settings,
+        **environment.machine(),
+        "models": results,
+    }
+    storage.publish_json(report, FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)
