@@ -6,7 +6,7 @@ Debian's `dataset-fashion-mnist`), in one process (ratios are to the same quanti
 1. A unit ticket search (`SearchConfig(granularity="unit")`): every round removes --prune_rate of the surviving
    units of each hidden layer (Dense units, convolution filters) and rewinds to initialization, for --rounds rounds.
 2. An unstructured and a 1x4 block ticket search that reach the unit ticket's final density in as many rounds
-   (`rounds_to_target`), so the three end with equal numbers of remaining weights.
+   (one rate for every layer, the output layer too), so the three end with equal numbers of remaining weights.
 3. The reinit control of each: the final round's masks trained from a fresh initialization (the control trains
    the dense round 0 and that round only).
 4. The shipped networks: the dense network (round 0), the unit ticket compacted (`tf_lottery.compact`: a narrower
@@ -109,15 +109,15 @@ def _searches(name, data, iterations, settings, seed, folder):
     for kind, options in KINDS.items():
         if kind == "unit":
             config = SearchConfig(rounds=rounds, **base, **options)
-        else:  # The unit ticket's final density, reached in as many rounds.
-            target = histories["unit"]["rounds"][-1]["density"]
-            config = SearchConfig(rounds=None, target_density=target, rounds_to_target=rounds, **base, **options)
+        else:  # The unit ticket's final density, reached in as many rounds of one rate for every layer.
+            rate = 1 - histories["unit"]["rounds"][-1]["density"] ** (1 / rounds)
+            config = SearchConfig(rounds=rounds, **{**base, "prune_rate": rate}, output_prune_rate=None, **options)
         run_dir = os.path.join(folder, name, kind)
         histories[kind], seconds[kind] = _search(name, data, config, run_dir)
         _log(f"[{name}] {kind} search: {seconds[kind]:.0f} s, densities "
              f"{[round(r['density'], 4) for r in histories[kind]['rounds']]}")
         replay = RunStore(run_dir).copy_masks([rounds], os.path.join(folder, name, f"{kind}_masks"))
-        control = dataclasses.replace(config, control="reinit", rounds=1, target_density=None, rounds_to_target=None)
+        control = dataclasses.replace(config, control="reinit", rounds=1)
         history, seconds[f"{kind}_reinit"] = _search(name, data, control, os.path.join(folder, name, f"{kind}_reinit"),
                                                      replay_from=replay)
         controls[kind] = history["rounds"][-1]
@@ -175,7 +175,9 @@ def measure(name, data, iterations, settings, seed, folder):
     unit["units"] = {group: int(units.sum()) for group, units in alive.items()}
     unit["compact_parity"] = compact_parity
     unit["test_accuracy_per_round"] = [r["test_accuracy"] for r in histories["unit"]["rounds"]]
-    return {"iterations_per_round": iterations, "rounds": final, "networks": networks,
+    return {"iterations_per_round": iterations, "rounds": final,
+            "round_densities": {kind: [r["density"] for r in h["rounds"]] for kind, h in histories.items()},
+            "networks": networks,
             "targets": _targets(name, networks), "seconds": seconds}
 
 

@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/mask_overhead.py, search_cost.py and round_overhead.py: they run and write the documented JSON.
+"""Smoke tests of the benchmarks in benchmarks/: they run and write the documented JSON.
 
 Timings are not tested; only that they are measured (positive numbers) and that the ratios and verdicts
 the benchmark reports follow from them.
@@ -110,3 +110,30 @@ def test_round_overhead_quick(tmp_path):
     assert entry["search_ratio"] == statistics.median(
         [s / sum(fits) for s, fits in zip(entry["search_seconds"], entry["plain_seconds"])])
     assert entry["meets_target"] is (max(entry["round_ratio"], entry["search_ratio"]) <= 1.05)
+
+
+def test_structured_tickets_quick(tmp_path):
+    output = tmp_path / "structured_tickets.json"
+    result = run_script("benchmarks/structured_tickets.py", "--quick", "--models=lenet300_100", f"--output={output}")
+    report = json.loads(output.read_text())
+    assert json.loads(result.stdout) == report and report["quick"] is True
+    entry = report["models"]["lenet300_100"]
+    densities = entry["round_densities"]
+    assert densities["unstructured"][-1] == pytest.approx(densities["unit"][-1], abs=0.01)
+    assert densities["1x4"][-1] == pytest.approx(densities["unit"][-1], abs=0.02)
+    networks = entry["networks"]
+    assert networks["unit"]["units"] == {"fc1": 150, "fc2": 50}  # Half of each hidden layer, one round.
+    assert networks["unit"]["parameters"] == 64 * 150 + 150 + 150 * 50 + 50 + 50 * 10 + 10
+    assert networks["unit"]["compact_parity"]["top1_agreement"] == 1.0
+    for name, network in networks.items():
+        for kind, figures in network["files"].items():
+            assert figures["latency_us"] > 0 and figures["bytes"] > 0, (name, kind)
+            dense = networks["dense"]["files"][kind]
+            assert figures["latency_ratio"] == pytest.approx(figures["latency_us"] / dense["latency_us"])
+        assert ("beats_reinit" in network) is (name != "dense")
+    unit_time = networks["unit"]["keras_latency_ratio"]["batch_256"]
+    assert unit_time == pytest.approx(networks["unit"]["keras_latency_us"]["batch_256"]
+                                      / networks["dense"]["keras_latency_us"]["batch_256"])
+    targets = entry["targets"]
+    assert targets["tflite_float_latency_ratio"]["value"] == networks["unit"]["files"]["float"]["latency_ratio"]
+    assert set(targets) == {"accuracy_drop_points", "tflite_float_latency_ratio"}

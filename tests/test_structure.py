@@ -127,8 +127,9 @@ def test_compact_after_a_unit_plan_computes_what_the_masked_model_does(name, bui
 
 
 def test_compact_removes_units_no_layer_reads_after_unstructured_pruning():
-    inputs = keras.Input((3,))
-    model = _masked(inputs, layers.Dense(2, name="out")(layers.Dense(4, name="hidden")(inputs)))
+    keras.utils.set_random_seed(0)
+    model = tf_lottery.mask(keras.Sequential([keras.Input((3,)), layers.Dense(4, name="hidden"),
+                                              layers.Dense(2, name="out")]))
     masks = tf_lottery.get_masks(model)
     masks["out/kernel"][2] = 0  # Nothing reads hidden unit 2 any more; its own weights still live.
     masks["hidden/kernel"][:, 1] = 0  # Unit 1 gets no input, but its bias still reaches out: it stays.
@@ -158,6 +159,10 @@ def test_structures_the_planner_cannot_shrink_are_left_whole_and_say_why():
     assert report["before"] == "'reshape' (Reshape) reads them and the planner cannot follow that layer"
     assert report["scored"] == "'softmax' (Softmax) reads them and the planner cannot follow that layer"
     assert set(structure.analyze(model).report()) == {"before", "scored", "out"}
+    assert structure.analyze(model).summary() == (
+        "Units pruned in 2 groups: after (2), after_softmax (2). Left whole: scored: 'softmax' (Softmax) reads them "
+        "and the planner cannot follow that layer; before: 'reshape' (Reshape) reads them and the planner cannot "
+        "follow that layer; out: it reaches the model's outputs.")
     plan = PruningPlan(layer_rates={"before": 0.5})
     with pytest.raises(ValueError, match=r"Layer 'before' of model .* cannot lose units: 'reshape' \(Reshape\)"):
         structure.analyze(model).check_plan(plan, tf_lottery.get_masks(model))
@@ -244,3 +249,44 @@ def test_unit_searches_refuse_the_settings_they_cannot_honour(tmp_path):
     with pytest.raises(ValueError, match="Layer 'output' of model 'lenet300_100' cannot lose units: it reaches"):
         search.run()
     assert not list(tmp_path.iterdir())
+
+
+def test_attention_heads_are_pruned_and_compacted_whole():
+    inputs = keras.Input((4, 6))
+    attended = layers.MultiHeadAttention(3, 2, name="mha")(inputs, inputs)
+    model = _masked(inputs, layers.Dense(2, name="out")(layers.Flatten()(attended)))
+    groups = _groups(model)
+    assert groups["mha"].size == 3 and groups["mha"].prunable
+    assert groups["out"].reason == "it reaches the model's outputs"
+    _drop(model, "mha", [1])
+    masks = tf_lottery.get_masks(model)
+    for name in ("query", "key", "value"):  # Kernels [input, heads, size].
+        assert not masks[f"mha/{name}/kernel"][:, 1].any() and masks[f"mha/{name}/kernel"][:, [0, 2]].all()
+    assert not masks["mha/attention_output/kernel"][1].any()
+    # Each of query, key and value loses 6*2 weights and 2 biases; the output projection 2*6 weights.
+    x = np.random.default_rng(3).random((2, 4, 6), np.float32)
+    small = _assert_compact_matches(model, x, removed=3 * (12 + 2) + 12)
+    assert small.get_layer("mha").num_heads == 2
+
+
+def test_a_keras_hub_bert_classifier_loses_heads_and_feed_forward_units():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=16, max_sequence_length=6)
+    model = tf_lottery.mask(keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None))
+    st = structure.analyze(model)
+    scores = st.unit_scores(criteria.magnitude(tf_lottery.get_prunable_weights(model), None))
+    tf_lottery.set_masks(model, st.prune(PruningPlan(rate=0.5), tf_lottery.get_masks(model), scores))
+    alive = {name: int(units.sum()) for name, units in st.alive_units(tf_lottery.get_masks(model)).items()}
+    assert alive == {"transformer_layer_0/self_attention_layer": 1, "transformer_layer_1/self_attention_layer": 1,
+                     "transformer_layer_0/feedforward_intermediate_dense": 8,
+                     "transformer_layer_1/feedforward_intermediate_dense": 8}
+    x = {"token_ids": np.random.default_rng(0).integers(1, 50, (3, 6)), "segment_ids": np.zeros((3, 6), int),
+         "padding_mask": np.ones((3, 6), int)}
+    small = tf_lottery.compact(model)
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    layer = small.get_layer("bert_backbone").get_layer("transformer_layer_0")
+    assert layer.intermediate_dim == 8 and layer.num_heads == 2  # keras-hub sizes heads by their number.
+    # Per block, 8 feed-forward units: 8*8 + 8 weights in, 8*8 out.
+    assert model.count_params() - small.count_params() == 2 * (64 + 8 + 64)

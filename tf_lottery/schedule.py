@@ -38,8 +38,9 @@ class RoundSchedule:
     def check_plan(self):
         """Raises a `ValueError` if the plan names layers it cannot prune (or, for units, the model has none)."""
         masks = masking.get_masks(self.model)
-        self.plan.check_names(masks)
-        if self.structure is not None:
+        if self.structure is None:
+            self.plan.check_names(masks)
+        else:  # A unit plan may also name attention layers, which hold no masks of their own.
             self.structure.check_plan(self.plan, masks)
 
     def state_names(self):

@@ -273,6 +273,8 @@ class TicketSearch:
         self.schedule = RoundSchedule(config, self.model, lambda index: round_seed(config.seed, index),
                                       self._fresh_weights, self._load_replay())
         self.schedule.check_plan()
+        if self.schedule.structure is not None:
+            self._log(self.schedule.structure.summary())
         self.trainer = Trainer(self.model, self.data, config, self.strategy, self.verbose)
         self._check_before_training()
         history = self._prepare_run_dir()

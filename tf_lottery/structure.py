@@ -7,13 +7,16 @@ tensor has a row of weights for it, and a residual `Add` joins it with the same
 channel of the other branch, so the two branches' producers share one set of
 channels. `analyze` follows a functional or Sequential model's graph and
 gathers each such set into a `UnitGroup`: the channels that are removed
-together, with every weight that holds a slice of them.
+together, with every weight that holds a slice of them. The heads of an
+attention layer and the feed-forward units of a keras-hub transformer block are
+groups too, found in a model of any structure: nothing outside their layer
+reads them.
 
 A group is left whole (never pruned) when removing one of its channels could
 change what the network computes or cannot be done safely: it reaches the
 model's outputs (an output layer never loses an output), a layer the planner
-does not know reads it (`Reshape`, attention, custom layers), or a weight that
-holds it is not masked. `UnitGroup.reason` says which.
+does not follow reads it (`Reshape`, `Softmax`, custom layers, nested models),
+or a weight that holds it is not masked. `UnitGroup.reason` says which.
 
 Pruning a unit zeroes its producers' kernel columns, the depthwise filters on
 its way, and the rows of every layer that reads it, so the masked network
@@ -21,13 +24,14 @@ computes what the narrower network computes; `compact` builds that narrower
 network.
 """
 
+import collections
 import dataclasses
 
 import keras
 import numpy as np
 
 from tf_lottery import masking
-from tf_lottery.registry import weights_by_path
+from tf_lottery.registry import all_layers, weights_by_path
 
 layers = keras.layers
 
@@ -48,7 +52,7 @@ _CONVOLUTIONS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
 _DEPTHWISE = (layers.DepthwiseConv1D, layers.DepthwiseConv2D)
 _PRODUCERS = (layers.Dense, *_CONVOLUTIONS)
 _SIZE_ARGUMENT = {layers.Dense: "units", **{cls: "filters" for cls in _CONVOLUTIONS}}
-_PRUNABLE_KINDS = "Dense, Conv1D/2D/3D"
+_PRUNABLE_KINDS = "the units of Dense and Conv1D/2D/3D layers, attention heads and keras-hub feed-forward units"
 
 
 @dataclasses.dataclass
@@ -71,10 +75,11 @@ class _Slice:
 class _Space:
     """A set of channels that are removed together (a union-find node)."""
 
-    def __init__(self, size):
-        self.size = size
+    def __init__(self, size, name=None):
+        self.size, self.name = size, name
         self.parent = self
-        self.slices, self.reasons = [], []
+        # `resizes`: (layer, config argument) pairs that set how many of these channels a layer has.
+        self.slices, self.reasons, self.resizes = [], [], []
 
     def root(self):
         while self.parent is not self:
@@ -89,6 +94,7 @@ def _merge(first, second):
         second.parent = first
         first.slices += second.slices
         first.reasons += second.reasons
+        first.resizes += second.resizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +122,10 @@ class UnitGroup:
     """Channels removed together: the units of `producers`, and every weight that holds them.
 
     Attributes:
-        name: the layer path of the first producer, which `PruningPlan.layer_rates`
-            and `skip` name to set the group's rate.
-        size: number of units.
+        name: the layer path of the first producer (of the attention layer, for
+            its heads), which `PruningPlan.layer_rates` and `skip` name to set
+            the group's rate.
+        size: number of units (heads, for an attention layer).
         producers: layer paths of the layers whose outputs are these channels
             (several when a residual `Add` joins branches).
         reason: why the group is left whole, or `None` if it can be pruned.
@@ -130,6 +137,7 @@ class UnitGroup:
     reason: str | None
     slices: tuple = dataclasses.field(repr=False, compare=False)
     keys: tuple = dataclasses.field(default=(), repr=False, compare=False)  # The producers' kernel mask keys.
+    resizes: tuple = dataclasses.field(default=(), repr=False, compare=False)  # See `_Space`.
 
     def rate(self, plan):
         """The fraction of surviving units `plan` removes from this group per round; `None` if it skips it.
@@ -137,7 +145,7 @@ class UnitGroup:
         `plan.skip` and `plan.layer_rates` name the group by any of its
         producers (layer path or kernel mask key); otherwise it is `plan.rate`.
         """
-        for name in (*self.keys, *self.producers):
+        for name in (self.name, *self.keys, *self.producers):
             if name in plan.skip:
                 return None
             if name in plan.layer_rates:
@@ -165,16 +173,24 @@ class Structure:
         """`{group name: why it is left whole}` for every group that is."""
         return {group.name: group.reason for group in self.groups if not group.prunable}
 
+    def summary(self):
+        """One paragraph: the groups a unit plan prunes, with their sizes, and those left whole, with why."""
+        pruned = ", ".join(f"{group.name} ({group.size})" for group in self.prunable)
+        whole = "; ".join(f"{name}: {reason}" for name, reason in self.report().items())
+        count = len(self.prunable)
+        return f"Units pruned in {count} group{'s' * (count != 1)}: {pruned}." + (
+            f" Left whole: {whole}." if whole else "")
+
     def group(self, name):
         """The group called `name` (a producer's layer path); a `ValueError` that says why if it is left whole."""
         for group in self.groups:
-            if name in group.producers:
+            if name == group.name or name in group.producers:
                 if not group.prunable:
                     raise ValueError(f"Layer '{name}' of model '{self.model_name}' cannot lose units: "
                                      f"{group.reason}.")
                 return group
         raise ValueError(f"Model '{self.model_name}' has no layer '{name}' whose units a plan can prune; those it "
-                         f"has are {[g.name for g in self.prunable]}. Unit plans prune {_PRUNABLE_KINDS} layers.")
+                         f"has are {[g.name for g in self.prunable]}. Unit plans prune {_PRUNABLE_KINDS}.")
 
     def _slices(self, group, role):
         return [item for item in group.slices if item.role == role]
@@ -256,7 +272,7 @@ class Structure:
         if not self.prunable:
             reasons = "; ".join(f"'{name}': {reason}" for name, reason in self.report().items())
             raise ValueError(f"Model '{self.model_name}' has no units a plan can prune ({reasons}). Unit plans "
-                             f"prune {_PRUNABLE_KINDS} layers whose outputs only known layers read.")
+                             f"prune {_PRUNABLE_KINDS}, where only known layers read them.")
         for name in (*plan.skip, *plan.layer_rates):
             self.group(masking.layer_of(name) if name in masks else name)
 
@@ -295,37 +311,27 @@ UNIT_SCORES = ("weights", "bn_scale")
 
 
 def analyze(model):
-    """The unit groups of a built functional or Sequential `model` (see the module docstring).
+    """The unit groups of a built `model` (see the module docstring).
+
+    The channels of a functional or Sequential model's layer graph, and, in a
+    model of any structure, the heads of every `MultiHeadAttention` layer
+    (keras-hub's attention layers among them) and the feed-forward units of
+    keras-hub's transformer blocks, which no layer outside them reads.
 
     Raises:
-        ValueError: for a model without a layer graph (subclassed), which the
-            planner cannot follow.
+        ValueError: for a model with neither a layer graph nor attention layers.
     """
-    if not isinstance(model, (keras.Sequential, keras.Model)) or not _has_graph(model):
-        raise ValueError(f"Model '{model.name}' ({type(model).__name__}) has no layer graph to follow: unit plans "
-                         "and compact need a functional or Sequential model. Build it with keras.Input and the "
-                         "functional API, or prune it weight by weight (granularity='weight').")
     paths = {id(variable): path for path, variable in weights_by_path(model).items()}
     keys = {}
     if masking.is_masked(model):
         keys = {id(variable): key for key, variable in masking.get_prunable_variables(model).items()}
-    layouts = {id(tensor): _Layout(((None, tensor.shape[-1]),)) for tensor in model.inputs}
-    spaces = []
-    for layer in model.layers:
-        if isinstance(layer, layers.InputLayer):
-            continue
-        inputs = _tensors(layer, "input")
-        outputs = _tensors(layer, "output")
-        if inputs is None or outputs is None:  # A layer called more than once.
-            for layout in layouts.values():
-                layout.block(f"'{layer.name}' is called more than once, and shared layers are left whole")
-            layouts.update({id(t): _Layout(((None, t.shape[-1]),)) for t in outputs or ()})
-            continue
-        in_layouts = [layouts[id(tensor)] for tensor in inputs]
-        for tensor, layout in zip(outputs, _propagate(layer, inputs, in_layouts, outputs, spaces)):
-            layouts[id(tensor)] = layout
-    for tensor in model.outputs:
-        layouts[id(tensor)].block("it reaches the model's outputs")
+    graph = _graph(model)
+    spaces = (_graph_spaces(graph) if graph is not None else []) + _composite_spaces(model, paths)
+    if not spaces:
+        raise ValueError(f"Model '{model.name}' ({type(model).__name__}) has no layer graph to follow: unit plans "
+                         "and compact need a functional or Sequential model (or attention layers, whose heads "
+                         "they prune). Build it with keras.Input and the functional API, or prune it weight by "
+                         "weight (granularity='weight').")
     groups = []
     for space in spaces:
         if space.root() is not space:
@@ -339,26 +345,69 @@ def analyze(model):
             reason = "no layer reads them"
         if reason is None and unmasked:
             reason = f"weight '{unmasked[0]}' holds these channels but is not masked"
-        groups.append(UnitGroup(producers[0], space.size, producers, reason, tuple(space.slices),
-                                tuple(keys[id(kernel)] for kernel in kernels if id(kernel) in keys)))
+        groups.append(UnitGroup(space.name or producers[0], space.size, producers, reason, tuple(space.slices),
+                                tuple(keys[id(kernel)] for kernel in kernels if id(kernel) in keys),
+                                tuple(space.resizes)))
     return Structure(model.name, groups, keys, paths)
 
 
-def _has_graph(model):
-    try:
-        return bool(model.inputs) and all(_tensors(layer, "output") is not None for layer in model.layers[:1])
-    except (AttributeError, ValueError):
-        return False
+def _graph(model):
+    """The functional graph of `model` (a Sequential model's inner one); `None` for a subclassed model."""
+    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    # Keras has no public accessor for a functional model's nodes; `_nodes_by_depth` is what it runs them from.
+    return graph if isinstance(graph, keras.Model) and getattr(graph, "_nodes_by_depth", None) else None
 
 
-def _tensors(layer, which):
-    """The input or output tensors of `layer` as a list; `None` if it was called more than once."""
-    try:
-        value = getattr(layer, which)
-    except (AttributeError, ValueError):
-        return None
-    return list(value) if isinstance(value, (list, tuple)) else list(value.values()) if isinstance(value, dict) \
-        else [value]
+def _graph_spaces(graph):
+    """The channel sets of a functional graph, whose every call of a layer is a node."""
+    layouts = {id(tensor): _Layout(((None, tensor.shape[-1]),)) for tensor in graph.inputs}
+    nodes = [node for depth in sorted(graph._nodes_by_depth, reverse=True) for node in graph._nodes_by_depth[depth]
+             if not node.is_input]
+    calls = collections.Counter(id(node.operation) for node in nodes)
+    spaces = []
+    for node in nodes:
+        layer, inputs, outputs = node.operation, list(node.input_tensors), list(node.output_tensors)
+        in_layouts = [layouts[id(tensor)] for tensor in inputs]
+        if calls[id(layer)] > 1:
+            out_layouts = _unknown(layer, in_layouts, outputs,
+                                   f"'{layer.name}' is called more than once, and shared layers are left whole")
+        else:
+            out_layouts = _propagate(layer, inputs, in_layouts, outputs, spaces)
+        layouts.update(zip(map(id, outputs), out_layouts))
+    for tensor in graph.outputs:
+        layouts[id(tensor)].block("it reaches the model's outputs")
+    return spaces
+
+
+#: keras-hub's TransformerEncoder and TransformerDecoder hold their feed-forward network under these attributes:
+#: a Dense of `intermediate_dim` units (activation inside), dropout, and a Dense back to the hidden size.
+_FEED_FORWARD = ("_feedforward_intermediate_dense", "_feedforward_output_dense")
+
+
+def _composite_spaces(model, paths):
+    """Channel sets inside layers, which nothing outside the layer reads: attention heads and feed-forward units."""
+    spaces = []
+    for layer in all_layers(model):
+        if isinstance(layer, layers.MultiHeadAttention) and layer.built:
+            query = layer.query_dense
+            space = _Space(layer.num_heads, paths[id(query.kernel)].rsplit("/", 2)[0])
+            for dense in (query, layer.key_dense, layer.value_dense):  # Kernels [input, heads, size].
+                space.slices.append(_Slice(dense.kernel, 1, "producer"))
+                if dense.bias is not None:
+                    space.slices.append(_Slice(dense.bias, 0, "carrier"))
+            space.slices.append(_Slice(layer.output_dense.kernel, 0, "reader"))  # [heads, size, output].
+            space.resizes.append((layer, "num_heads"))
+            spaces.append(space)
+        intermediate, output = (getattr(layer, name, None) for name in _FEED_FORWARD)
+        if isinstance(intermediate, layers.Dense) and isinstance(output, layers.Dense) and intermediate.built:
+            space = _Space(intermediate.units)
+            space.slices += [_Slice(intermediate.kernel, 1, "producer"), _Slice(output.kernel, 0, "reader")]
+            if intermediate.bias is not None:
+                space.slices.append(_Slice(intermediate.bias, 0, "carrier"))
+            if "intermediate_dim" in layer.get_config():
+                space.resizes.append((layer, "intermediate_dim"))
+            spaces.append(space)
+    return spaces
 
 
 def _unknown(layer, in_layouts, outputs, why=None):
@@ -380,6 +429,7 @@ def _propagate(layer, inputs, in_layouts, outputs, spaces):
     if isinstance(layer, _PRODUCERS) and getattr(layer, "groups", 1) == 1 and len(inputs) == 1:
         _read(layer.kernel, in_layouts[0])
         space = _Space(layer.kernel.shape[-1])
+        space.resizes.append((layer, next(name for cls, name in _SIZE_ARGUMENT.items() if isinstance(layer, cls))))
         if _mixes_channels(layer):
             space.reasons.append(f"'{layer.name}' normalizes its outputs together (softmax)")
         space.slices.append(_Slice(layer.kernel, layer.kernel.ndim - 1, "producer"))
@@ -457,38 +507,46 @@ def compact(model, masks=None):
 
     It computes what the masked `model` computes (to float tolerance): every
     unit whose channel no layer reads any more is gone from its producers, its
-    BatchNormalization and depthwise layers, and the readers' rows. Weights
-    pruned one by one stay in it as zeros. The new model is not compiled.
+    BatchNormalization and depthwise layers, and the readers' rows; so are
+    pruned heads of `MultiHeadAttention` layers of the graph and pruned
+    feed-forward units of keras-hub transformer blocks. Pruned heads inside
+    keras-hub blocks stay, as zeros (the block derives its head size from its
+    number of heads), as do weights pruned one by one. The new model is not
+    compiled.
 
     Args:
-        model: a masked functional or Sequential model (see `tf_lottery.mask`).
+        model: a masked functional or Sequential model (see `tf_lottery.mask`),
+            nested ones (keras-hub task models) included.
         masks: `{mask key: 0/1 array}`; default: the model's current masks.
 
     Returns:
         `keras.Model`: the compacted network, with the layer names of `model`.
     """
+    if _graph(model) is None:
+        raise ValueError(f"Model '{model.name}' ({type(model).__name__}) has no layer graph: compact rebuilds a "
+                         "functional or Sequential model from its layers' configurations.")
     structure = analyze(model)
     masks = masking.get_masks(model) if masks is None else masks
     read = structure.read_units(masks)
+    rebuilt = _rebuilt_layers(model)
     dropped = {}  # id(variable) -> {axis: indices removed}
-    sizes = {}  # kernel path of a producer -> number of units kept
+    sizes = {}  # id(layer) -> {config argument: number of units kept}
     for group in structure.groups:
+        if not group.resizes or any(id(layer) not in rebuilt for layer, _ in group.resizes):
+            continue  # Its layers are rebuilt by others, from their own configurations.
         unread = np.flatnonzero(~read[group.name])
         for item in group.slices:
             dropped.setdefault(id(item.variable), {}).setdefault(item.axis, []).extend(item.indices(unread))
-            if item.role == "producer":
-                sizes[item.variable.path] = group.size - unread.size
+        for layer, argument in group.resizes:
+            sizes.setdefault(id(layer), {})[argument] = group.size - unread.size
 
     def clone(layer):
-        config = layer.get_config()
-        argument = next((name for cls, name in _SIZE_ARGUMENT.items() if isinstance(layer, cls)), None)
-        if argument is not None and layer.kernel.path in sizes:
-            config[argument] = sizes[layer.kernel.path]
-        return type(layer).from_config(config)
+        return type(layer).from_config({**layer.get_config(), **sizes.get(id(layer), {})})
 
     inputs = keras.tree.map_structure(lambda tensor: keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
-                                                                 name=_input_layer(model, tensor).name), model.input)
-    compacted = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+                                                                 name=_input_layer(model, tensor).name),
+                                      _graph(model).input)
+    compacted = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone, recursive=True)
     values = _masked_values(model, masks)
     for old, new in zip(model.weights, compacted.weights):
         value = values[old.path]
@@ -498,8 +556,20 @@ def compact(model, masks=None):
     return compacted
 
 
+def _rebuilt_layers(model):
+    """`{id(layer)}` of the layers `clone_model(model, recursive=True)` rebuilds from their configurations."""
+    found = set()
+    for layer in model.layers:
+        if _graph(layer) is not None:
+            found |= _rebuilt_layers(layer)
+        else:
+            found.add(id(layer))
+    return found
+
+
 def _input_layer(model, tensor):
-    return next(layer for layer in model.layers if isinstance(layer, layers.InputLayer) and layer.output is tensor)
+    return next(layer for layer in _graph(model).layers
+                if isinstance(layer, layers.InputLayer) and layer.output is tensor)
 
 
 def _masked_values(model, masks):
