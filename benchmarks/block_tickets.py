@@ -53,9 +53,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_lottery import datasets, environment, export, masking, models, pruning, run_store, storage  # noqa: E402
+from tf_lottery import (datasets, environment, export, latency, masking, models, pruning, run_store,  # noqa: E402
+                        storage)
 from tf_lottery.search import REWIND_MODES, SearchConfig, TicketSearch  # noqa: E402
-import timing  # noqa: E402
 
 MODEL = "lenet300_100"
 STRUCTURES = {"unstructured": None, "1x4": "1x4", "1x16": "1x16"}
@@ -198,12 +198,12 @@ def measure(name, epochs, settings, seed, folder):
     _log(f"[{name}] {len(files)} TFLite files exported and evaluated: {export_seconds:.0f} s")
 
     started = time.time()
-    latency = timing.tflite_latencies({key: entry["path"] for key, entry in files.items() if entry["path"]}, data.x_test,
-                         settings["latency_rounds"], settings["latency_runs"])
+    times = latency.tflite_latencies({key: entry["path"] for key, entry in files.items() if entry["path"]}, data.x_test,
+                                     settings["latency_rounds"], settings["latency_runs"])
     baseline = files["dense_float"]
     for key, entry in files.items():
         if entry.pop("path"):
-            entry.update(latency_us=latency[key], latency_ratio=latency[key] / latency["dense_float"],
+            entry.update(latency_us=times[key], latency_ratio=times[key] / times["dense_float"],
                          bytes_ratio=entry["bytes"] / baseline["bytes"])
     for per_structure in tickets.values():
         for ticket in per_structure.values():

@@ -16,7 +16,7 @@ Debian's `dataset-fashion-mnist`), in one process (ratios are to the same quanti
    in the same run: Keras `predict_on_batch` at batch 1 and 256 (CPU, TensorFlow's threads) for the dense and the
    compacted model (a masked ticket runs the dense graph), and TFLite at batch 1 (one thread, built-in kernels
    without the XNNPACK delegate, `export.load_interpreter`) for every file. Timings are round-robin medians
-   (`timing.py`).
+   (`tf_lottery.latency`).
 
 Targets: on LeNet-300-100, the unit ticket within 1 point of dense test accuracy at <= 0.35x the dense float
 TFLite latency; on Conv-2, within 1 point at <= 0.5x the dense Keras CPU inference time (batch 256). Whether each
@@ -48,10 +48,9 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery import datasets, environment, export, models, parity, storage, structure  # noqa: E402
+from tf_lottery import datasets, environment, export, latency, models, parity, storage, structure  # noqa: E402
 from tf_lottery.run_store import RunStore  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
-import timing  # noqa: E402
 
 KINDS = {"unit": {"granularity": "unit"}, "unstructured": {}, "1x4": {"block": "1x4"}}
 QUANTIZATIONS = {"float": None, "int8": "int8"}
@@ -145,8 +144,8 @@ def measure(name, data, iterations, settings, seed, folder):
             files[f"{network}_{kind}"] = _tflite(model, data, paths[f"{network}_{kind}"], quantize)
     seconds["export"] = time.time() - started
     started = time.time()
-    tflite = timing.tflite_latencies(paths, data.x_test, settings["latency_rounds"], settings["latency_runs"])
-    keras_times = {batch: timing.keras_latencies({"dense": shipped["dense"], "unit": compacted},
+    tflite = latency.tflite_latencies(paths, data.x_test, settings["latency_rounds"], settings["latency_runs"])
+    keras_times = {batch: latency.keras_latencies({"dense": shipped["dense"], "unit": compacted},
                                                  data.x_test[:batch], settings["latency_rounds"],
                                                  settings["latency_runs"])
                    for batch in KERAS_BATCHES}

@@ -38,7 +38,8 @@ def test_binary_exports_every_variant_with_a_size_table(run_dir, tmp_path):
 def test_binary_exports_the_compacted_network(tmp_path):
     run_dir = tmp_path / "run"
     TicketSearch(lambda: models.lenet300_100(DIGITS.input_shape, DIGITS.num_classes), DIGITS,
-                 SearchConfig(rounds=1, epochs=1, batch_size=32, granularity="unit", prune_rate=0.5), str(run_dir),
+                 SearchConfig(rounds=1, epochs=None, iterations=8, eval_every=4, batch_size=32, granularity="unit",
+                              prune_rate=0.5), str(run_dir),
                  verbose=0).run()
     result = run_script("examples/export_ticket.py", f"--run_dir={run_dir}", f"--output_dir={tmp_path / 'export'}",
                         "--round=1", "--compact", "--variants=float", check=False)

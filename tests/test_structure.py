@@ -104,6 +104,8 @@ def test_a_concatenation_and_a_flatten_map_channels_to_the_rows_that_read_them()
 @pytest.mark.parametrize("name, build, input_shape", [
     ("lenet300_100", lambda: models.lenet300_100((28, 28, 1), 10), (28, 28, 1)),
     ("conv2", lambda: models.conv2((28, 28, 1), 10), (28, 28, 1)),
+    ("conv4", lambda: models.conv4((28, 28, 1), 10), (28, 28, 1)),
+    ("conv6", lambda: models.conv6((32, 32, 3), 10), (32, 32, 3)),
     ("resnet20", lambda: models.resnet20((32, 32, 3), 10), (32, 32, 3)),
     ("mobilenet_v2", lambda: keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
                                                             classes=10), (32, 32, 3)),
@@ -207,7 +209,8 @@ def test_batch_norm_scales_rank_units_when_asked():
 
 def _small_resnet():
     inputs = keras.Input(DIGITS.input_shape)
-    x = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(layers.Conv2D(8, 3, padding="same", name="stem")(inputs)))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(x))
     y = layers.BatchNormalization(name="block_bn")(layers.Conv2D(8, 3, padding="same", name="block")(x))
     x = layers.MaxPooling2D()(layers.ReLU()(layers.Add()([x, y])))
     x = layers.Dense(16, activation="relu", name="fc")(layers.Flatten()(x))
@@ -216,7 +219,8 @@ def _small_resnet():
 
 def _unit_search(run_dir, **kwargs):
     options = {key: kwargs.pop(key) for key in ("replay_masks_from", "resume") if key in kwargs}
-    config = SearchConfig(**{"rounds": 2, "epochs": 1, "batch_size": 64, "granularity": "unit", **kwargs})
+    config = SearchConfig(**{"rounds": 2, "epochs": None, "iterations": 8, "eval_every": 4, "batch_size": 64,
+                             "granularity": "unit", **kwargs})
     return TicketSearch(_small_resnet, DIGITS, config, str(run_dir), verbose=0, **options)
 
 
