@@ -57,7 +57,7 @@ QUANTIZATIONS = {"float": None, "int8": "int8"}
 TARGETS = {"lenet300_100": ("tflite_float", 0.35), "conv2": ("keras_batch_256", 0.5)}
 ACCURACY_POINTS = 1.0
 KERAS_BATCHES = (1, 256)
-QUICK = {"dataset": "digits", "iterations": [20], "rounds": 1, "prune_rate": 0.5, "latency_rounds": 1,
+QUICK = {"dataset": "digits", "iterations": [8], "rounds": 1, "prune_rate": 0.5, "latency_rounds": 1,
          "latency_runs": 5}
 
 FLAGS = flags.FLAGS
@@ -190,6 +190,23 @@ def _targets(name, networks):
             f"{measure_name}_latency_ratio": {"value": ratio, "at_most": limit, "held": ratio <= limit}}
 
 
+def markdown(results):
+    """The figures of `results` (the JSON's `models`) as a markdown table."""
+    lines = ["| model | network | weights | parameters | test accuracy (reinit) | float bytes | float TFLite | "
+             "int8 TFLite | Keras batch 1 | Keras batch 256 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        for network, entry in result["networks"].items():
+            reinit = f" ({entry['reinit_test_accuracy']:.1%})" if "reinit_test_accuracy" in entry else ""
+            keras_ratio = entry.get("keras_latency_ratio")
+            keras_cells = [f"{keras_ratio[f'batch_{b}']:.2f}×" if keras_ratio else "as dense" for b in KERAS_BATCHES]
+            files = entry["files"]
+            lines.append(f"| {name} | {network} | {entry['density']:.1%} | {entry['parameters']:,} | "
+                         f"{entry['keras_test_accuracy']:.1%}{reinit} | {files['float']['bytes_ratio']:.2f}× | "
+                         f"{files['float']['latency_ratio']:.2f}× | {files['int8']['latency_ratio']:.2f}× | "
+                         f"{' | '.join(keras_cells)} |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
     settings = {"dataset": FLAGS.dataset, "iterations": [int(i) for i in FLAGS.iterations], "rounds": FLAGS.rounds,
@@ -219,6 +236,7 @@ def main(argv):
         **environment.machine(),
         "models": results,
     }
+    _log(markdown(results))
     storage.publish_json(report, FLAGS.output)
 
 
