@@ -4,7 +4,7 @@ import pytest
 
 import tf_lottery
 from tf_lottery import PruningPlan, criteria, pruning
-from tf_lottery.pruning import random_masks_like
+from tf_lottery.pruning import erk_densities, random_masks_like
 
 L = keras.layers
 
@@ -59,6 +59,43 @@ def test_global_scope_ranks_pooled_layers_together():
     assert _density(new["output/kernel"]) == pytest.approx(0.9)
 
 
+def test_erk_densities_follow_the_formula_and_keep_the_global_density():
+    shapes = {"conv/kernel": (3, 3, 16, 32), "fc/kernel": (512, 100), "out/kernel": (100, 10)}
+    densities = erk_densities(shapes, 0.1)
+    sizes = {key: np.prod(shape) for key, shape in shapes.items()}
+    assert sum(densities[key] * sizes[key] for key in shapes) == pytest.approx(0.1 * sum(sizes.values()))
+    # Proportional to (sum of the dimensions) / (their product): one scale for every layer.
+    scales = {key: densities[key] / (sum(shape) / sizes[key]) for key, shape in shapes.items()}
+    assert max(scales.values()) == pytest.approx(min(scales.values()))
+    assert densities["out/kernel"] > densities["fc/kernel"] > densities["conv/kernel"]
+
+
+def test_erk_densities_keep_small_layers_dense_and_share_the_rest():
+    shapes = {"big/kernel": (1000, 1000), "small/kernel": (10, 2)}
+    densities = erk_densities(shapes, 0.5)
+    assert densities["small/kernel"] == 1.0  # (10 + 2) / 20 times the scale would exceed 1.
+    assert densities["big/kernel"] == pytest.approx((0.5 * 1_000_020 - 20) / 1_000_000)
+    assert erk_densities(shapes, 1.0) == {"big/kernel": 1.0, "small/kernel": 1.0}
+    with pytest.raises(ValueError, match=r"density must be in \(0, 1\]"):
+        erk_densities(shapes, 0.0)
+
+
+def test_erk_scope_prunes_each_layer_to_its_erk_share():
+    masks, scores = _masks_and_scores()
+    plan = PruningPlan(rate=0.5, output_rate=0.1, scope="erk")
+    new = plan.prune(masks, scores, output_layer="output")
+    pooled = {key: masks[key].shape for key in ("fc1/kernel", "fc2/kernel")}
+    expected = erk_densities(pooled, 0.5)
+    for key in pooled:
+        assert _density(new[key]) == pytest.approx(expected[key], abs=1e-3)
+        assert scores[key][new[key] == 0].max() < scores[key][new[key] == 1].min()  # The layer's best survive.
+    assert new["fc1/kernel"].sum() + new["fc2/kernel"].sum() == pytest.approx(0.5 * 6000, abs=1)
+    assert _density(new["output/kernel"]) == pytest.approx(0.9)
+    again = plan.prune(new, scores, output_layer="output")  # The next round: ERK at a quarter.
+    for key, density in erk_densities(pooled, 0.25).items():
+        assert _density(again[key]) == pytest.approx(density, abs=1e-3)
+
+
 def test_layer_rates_and_skip_override_the_default():
     masks, scores = _masks_and_scores()
     plan = PruningPlan(rate=0.2, output_rate=None, layer_rates={"fc2": 0.5}, skip=("output/kernel",))
@@ -81,7 +118,7 @@ def test_pruning_is_deterministic_with_ties():
     ({"rate": 1.5}, r"rate must be a fraction in \(0, 1\)"),
     ({"output_rate": 1.0}, r"output_rate must be a fraction"),
     ({"layer_rates": {"fc1": -0.1}}, r"layer_rates\['fc1'\] must be a fraction"),
-    ({"scope": "local"}, r"scope must be one of \('layerwise', 'global'\)"),
+    ({"scope": "local"}, r"scope must be one of \('layerwise', 'global', 'erk'\)"),
     ({"target_density": 0.0}, r"target_density must be in \(0, 1\]"),
 ])
 def test_bad_plans_are_rejected(kwargs, message):

@@ -143,6 +143,17 @@ def test_one_shot_prunes_to_the_target_in_one_round(tmp_path):
     assert history["rounds"][1]["density"] > 0.2
 
 
+def test_erk_scope_gives_each_layer_its_erk_density(tmp_path):
+    history = _search(tmp_path, one_shot=True, rounds=None, target_density=0.3, scope="erk",
+                      output_prune_rate=None).run()
+    final = history["rounds"][1]
+    assert final["density"] == pytest.approx(0.8 ** 6, abs=1e-3)  # Six rounds' worth of 20%, at once.
+    model = tf_lottery.mask(_build())
+    shapes = {key: tuple(mask.shape) for key, mask in masking.get_masks(model).items()}
+    for key, density in pruning.erk_densities(shapes, final["density"]).items():
+        assert final["layer_density"][key] == pytest.approx(density, abs=1e-3), key
+
+
 def test_rounds_to_target_reaches_the_target_in_that_many_equal_rounds(tmp_path):
     """Six rounds of the plan (20% per round; 10% for the output layer) reach 30%; two rounds do it in halves."""
     history = _search(tmp_path / "two", rounds=None, target_density=0.3, rounds_to_target=2).run()

@@ -8,7 +8,7 @@ import numpy as np
 
 from tf_lottery import masking
 
-SCOPES = ("layerwise", "global")
+SCOPES = ("layerwise", "global", "erk")
 
 
 def _check_rate(rate, what):
@@ -40,8 +40,10 @@ class PruningPlan:
             without its weight name, e.g. `"dense"` or `"encoder/dense"`: all
             its masked weights) or by mask key (`"dense/kernel"`).
         scope: `"layerwise"` ranks weights within each layer; `"global"` ranks
-            all weights pruned at `rate` together (layers with their own rate,
-            including the output layer, are still pruned within the layer).
+            all weights pruned at `rate` together; `"erk"` removes `rate` of
+            their survivors in all and spreads the survivors over the layers
+            by `erk_densities` (layers with their own rate, including the
+            output layer, are still pruned within the layer).
         skip: layer paths (or mask keys) never pruned.
         target_density: global density at which a search stops; `None` for none.
         block: `None` (unstructured) or `(rows, cols)` in TFLite's fully-connected
@@ -121,11 +123,13 @@ class PruningPlan:
             rate = self.rate_for(key, output_layer)
             if rate is None:
                 continue
-            if self.scope == "global" and rate == self.rate and key not in self.layer_rates:
+            if self.scope != "layerwise" and rate == self.rate and key not in self.layer_rates:
                 pooled.append(key)
             else:
                 _prune_together([key], new_masks, scores, rate, self.block, output_layer)
-        if pooled:
+        if pooled and self.scope == "erk":
+            _prune_erk(pooled, new_masks, scores, self.rate, self.block, output_layer)
+        elif pooled:
             _prune_together(pooled, new_masks, scores, self.rate, self.block, output_layer)
         return new_masks
 
@@ -135,6 +139,40 @@ class PruningPlan:
         unknown = sorted((set(self.skip) | set(self.layer_rates)) - known)
         if unknown:
             raise ValueError(f"The plan names layers the model does not have: {unknown}. Known: {sorted(known)}.")
+
+
+def erk_densities(shapes, density):
+    """Per-layer densities of the Erdos-Renyi-Kernel distribution (Evci et al., 2020, "Rigging the Lottery").
+
+    A layer's density is proportional to the sum of its kernel's dimensions over
+    their product (for a Dense kernel `[in, out]`: `(in + out) / (in * out)`, the
+    Erdos-Renyi distribution; a convolution's kernel sizes count too), scaled so
+    the layers together keep `density` of their weights. A layer whose density
+    would exceed 1 stays dense, and the others share the rest (as RigL does).
+
+    Args:
+        shapes: `{key: weight shape}`.
+        density: the global density in (0, 1].
+
+    Returns:
+        `{key: density}`, whose weighted mean over the layers' sizes is `density`.
+    """
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1]; got {density!r}.")
+    sizes = {key: math.prod(shape) for key, shape in shapes.items()}
+    raw = {key: sum(shape) / sizes[key] for key, shape in shapes.items()}
+    budget = density * sum(sizes.values())
+    dense = set()
+    while True:
+        sparse = [key for key in shapes if key not in dense]
+        if not sparse:
+            return {key: 1.0 for key in shapes}
+        scale = (budget - sum(sizes[key] for key in dense)) / sum(raw[key] * sizes[key] for key in sparse)
+        # Making a layer dense raises the others' scale, so every layer over 1 can turn dense at once.
+        full = [key for key in sparse if scale * raw[key] >= 1]
+        if not full:
+            return {key: 1.0 if key in dense else scale * raw[key] for key in shapes}
+        dense.update(full)
 
 
 def compounded_plan(plan, masks, output_layer, rounds=None, steps=1):
@@ -245,6 +283,18 @@ def prune_to_counts(masks, scores, counts, block=None, output_layer=None):
         if count < alive[key]:
             _prune_together([key], new_masks, scores, (alive[key] - count) / alive[key], block, output_layer)
     return new_masks
+
+
+def _prune_erk(keys, masks, scores, rate, block=None, output_layer=None):
+    """Removes `rate` of the surviving weights (or blocks) of `keys` in all, leaving each layer its share of the
+    survivors by `erk_densities`, in place."""
+    grids = {key: _BlockGrid(masks[key].shape, block) for key in keys}
+    sizes = {key: grids[key].alive(np.ones(masks[key].shape)).size for key in keys}
+    alive = count_survivors({key: masks[key] for key in keys}, block)
+    density = sum(alive.values()) * (1 - rate) / sum(sizes.values())
+    densities = erk_densities({key: masks[key].shape for key in keys}, density)
+    counts = {key: max(1, math.floor(densities[key] * sizes[key] + 0.5)) for key in keys}
+    masks.update(prune_to_counts({key: masks[key] for key in keys}, scores, counts, block, output_layer))
 
 
 def _prune_together(keys, masks, scores, rate, block=None, output_layer=None):

@@ -64,7 +64,8 @@ class SearchConfig:
     output_prune_rate: float | None = _field(0.1, "Rate for the output layer (None: same as prune_rate).")
     layer_rates: str | None = _field(None, "Per-layer rates overriding the two above, 'layer=rate,...' (e.g. "
                                            "'conv1=0.1,conv2=0.1': the paper's Conv-2 prunes convolutions at 10%).")
-    scope: str = _field("layerwise", "Rank weights per layer or globally.", SCOPES)
+    scope: str = _field("layerwise", "Rank weights per layer, globally, or globally with each layer keeping its "
+                                      "Erdos-Renyi-Kernel share of the survivors (erk, as RigL).", SCOPES)
     block: str | None = _field(None, "Prune 2-D kernels in blocks, 'RxC' in TFLite's [out, in] layout: "
                                      "'1x4' (fast sparse float TFLite) or '1x16' (fast sparse int8).")
     granularity: str = _field("weight", "Prune single weights, or whole units: Dense units and convolution filters, "
@@ -167,7 +168,7 @@ class SearchConfig:
         if self.granularity == "unit" and (self.block or self.scope != "layerwise" or self.prunes_once
                                            or self.rounds_to_target or self.gradual_iterations):
             raise ValueError("granularity='unit' prunes each layer's units round by round at its own rate: it "
-                             "excludes block, scope='global', one_shot, early_bird, rounds_to_target and "
+                             "excludes block, scope='global' or 'erk', one_shot, early_bird, rounds_to_target and "
                              "gradual_iterations.")
         if self.early_bird is not None and not 0 < self.early_bird <= 1:
             raise ValueError(f"early_bird must be a mask distance in (0, 1], e.g. 0.1; got {self.early_bird!r}.")
