@@ -7,6 +7,8 @@ train the controls with `TicketSearch`, so they are checkpointed and resumable.
     ticket = RunStore("runs/lenet").restore_round(tf_lottery.mask(build()), 10)
     analysis.weight_noise_accuracy(ticket, data.x_test, data.y_test)      # {0.0: 0.97, 0.5: 0.95, ...}
     analysis.adversarial_accuracy(ticket, data.x_test, data.y_test, attack="pgd")
+
+`instability`, the linear mode connectivity that picks a rewind point, is `tf_lottery.stability.instability`.
 """
 
 import dataclasses
@@ -19,6 +21,7 @@ import tensorflow as tf
 from tf_lottery import masking
 from tf_lottery.run_store import RunStore
 from tf_lottery.search import TicketSearch, read_run_config
+from tf_lottery.stability import instability  # noqa: F401 (tf_lottery.analysis.instability)
 
 #: Noise scales s: each weight gets N(0, (s x its layer's weight std)^2).
 NOISE_SCALES = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
