@@ -2,12 +2,14 @@
 
     python examples/plot_run.py --run_dir=runs/lenet [--output_dir=runs/lenet/plots] [--metric=val_mae]
 
-Writes three PNG files to --output_dir (default: <run_dir>/plots):
+Writes three (or four) PNG files to --output_dir (default: <run_dir>/plots):
 
     <name>_curves.png      the metric over training iterations, one line per round
     <name>_accuracy.png    the metric at early stop vs percent of weights remaining (log); for a
                            metric that is no accuracy, <name>_<metric>.png (e.g. run_val_loss.png)
     <name>_early_stop.png  early-stop iteration vs percent of weights remaining (log)
+    <name>_instability.png (runs with --rewind=auto) the error between the two copies trained from
+                           each candidate rewind point (tf_lottery.stability)
 
 <name> is --name, by default the run directory's base name. The metric is --metric, by default the
 first of test_accuracy, val_accuracy, test_loss and val_loss that the run recorded (a regression
@@ -47,9 +49,15 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.run_dir, "plots")
     # A history.json without its run.json (copied on its own): the default monitor.
     config = read_run_config(FLAGS.run_dir) if RunStore(FLAGS.run_dir).is_run() else SearchConfig()
-    for kind, path in plots.plot_run(history, output_dir, name=name, metric=FLAGS.metric, monitor=config.monitor,
-                                     mode=config.mode).items():
-        print(f"{kind:>10}: {path}")
+    paths = plots.plot_run(history, output_dir, name=name, metric=FLAGS.metric, monitor=config.monitor,
+                           mode=config.mode)
+    store = RunStore(FLAGS.run_dir)
+    if store.has_instability():
+        paths["instability"] = plots.plot_instability(store.read_instability(),
+                                                      os.path.join(output_dir, f"{name}_instability.png"),
+                                                      title=f"{name}: instability by rewind point")
+    for kind, path in paths.items():
+        print(f"{kind:>11}: {path}")
 
 
 if __name__ == "__main__":

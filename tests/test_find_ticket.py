@@ -42,7 +42,7 @@ def test_target_density_without_rounds_prunes_until_it_is_reached(tmp_path):
 def test_wrong_flags_get_a_usage_error_with_the_allowed_values(tmp_path):
     result = _run(f"--output_dir={tmp_path}", "--scope=local", check=False)
     assert result.returncode != 0
-    assert "value should be one of <layerwise|global>" in result.stderr
+    assert "value should be one of <layerwise|global|erk>" in result.stderr
     result = _run(f"--output_dir={tmp_path}", "--iterations=10", "--epochs=2", check=False)
     assert result.returncode != 0 and "exactly one of epochs or iterations" in result.stderr
 

@@ -159,14 +159,34 @@ def test_plot_run_on_a_regression_run_plots_its_metrics_unscaled(tmp_path, figur
         plots.plot_run(history, tmp_path)
 
 
+def instability_record(barriers=(0.3, 0.01, 0.0), chosen=5):
+    """An instability.json of `rewind="auto"` with candidates 0, 5, 10 and the given barriers."""
+    alphas = np.linspace(0, 1, 7).tolist()
+    curves = [{"rewind_iteration": k, "alphas": alphas, "metric": "accuracy", "barrier": barrier,
+               "values": (0.9 - barrier * np.sin(np.pi * np.array(alphas))).tolist()}
+              for k, barrier in zip((0, 5, 10), barriers)]
+    return {"threshold": 0.02, "stable": True, "rewind_iteration": chosen, "curves": curves}
+
+
+def test_instability_figure_draws_the_error_on_each_path_and_marks_the_chosen_point(tmp_path, figures):
+    path = plots.plot_instability(instability_record(), tmp_path / "instability.png")
+    assert_real_png(path)
+    lines = figures["instability.png"].get_lines()
+    assert [line.get_label() for line in lines] == ["k = 0: barrier 0.300", "k = 5: barrier 0.010 (chosen)",
+                                                    "k = 10: barrier 0.000"]
+    assert max(lines[0].get_ydata()) == pytest.approx(40.0)  # Error in percent: 100 * (1 - (0.9 - 0.3)).
+    assert lines[1].get_linewidth() > lines[0].get_linewidth()
+
+
 def test_plot_run_example_plots_a_regression_run_with_its_monitor(tmp_path):
     run_dir = tmp_path / "regression"
     storage.write_json(run_dir / "history.json", regression_history(rounds=3))
     storage.write_json(run_dir / "run.json", {"config": {"monitor": "val_mae", "mode": "min"}})
+    storage.write_json(run_dir / "instability.json", instability_record())
     plotted = run_script("examples/plot_run.py", f"--run_dir={run_dir}", "--metric=val_mae", check=False,
                          timeout=120)
     assert plotted.returncode == 0, plotted.stderr[-3000:]
-    for suffix in ("curves", "val_mae", "early_stop"):
+    for suffix in ("curves", "val_mae", "early_stop", "instability"):
         assert_real_png(run_dir / "plots" / f"regression_{suffix}.png")
         assert f"regression_{suffix}.png" in plotted.stdout
 

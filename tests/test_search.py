@@ -9,8 +9,9 @@ import pytest
 import tensorflow as tf
 
 import tf_lottery
-from tf_lottery import masking, models, pruning, storage, weights
+from tf_lottery import masking, models, pruning, stability, storage, weights
 from tf_lottery.pruning import compounded_plan
+from tf_lottery.run_store import RunStore
 from tf_lottery.search import SearchConfig, TicketSearch, read_run_config
 
 from conftest import DIGITS, round_arrays
@@ -25,9 +26,10 @@ def _build():
 
 
 def _search(run_dir, **kwargs):
-    options = {key: kwargs.pop(key) for key in ("replay_masks_from", "resume", "overwrite") if key in kwargs}
+    options = {"verbose": 0} | {key: kwargs.pop(key) for key in ("replay_masks_from", "resume", "overwrite", "verbose")
+                                if key in kwargs}
     config = SearchConfig(**{"rounds": 2, "epochs": 1, "batch_size": 64, **kwargs})
-    return TicketSearch(_build, DATA, config, str(run_dir), verbose=0, **options)
+    return TicketSearch(_build, DATA, config, str(run_dir), **options)
 
 
 def _assert_same(a, b):
@@ -277,6 +279,10 @@ def test_replaying_masks_of_another_model_is_an_error(ticket_run, tmp_path):
     ({"epochs": None, "iterations": 40, "gradual_iterations": 50}, r"gradual_iterations \(50\) exceeds a round's"),
     ({"gradual_iterations": 10, "control": "reinit"}, "cannot prune gradually"),
     ({"gradual_every": 0}, "gradual_every must be a positive integer"),
+    ({"rewind": "auto", "rewind_candidates": "0,ten"}, "rewind_candidates must look like '0,100,500'"),
+    ({"rewind": "auto", "rewind_candidates": "-5,0"}, "rewind_candidates must look like '0,100,500'"),
+    ({"rewind": "auto", "interim_iterations": 5}, "rewind='auto' .* excludes interim_iterations"),
+    ({"stability_threshold": 0.0}, r"stability_threshold must be in \(0, 1\)"),
 ])
 def test_bad_configurations_fail_with_their_messages(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -299,6 +305,57 @@ def test_resume_is_exact_for_models_with_dropout(tmp_path):
     search(tmp_path / "split", 2, resume=True)
     _assert_same(round_arrays(tmp_path / "split", 2, "trained"),
                  round_arrays(tmp_path / "whole", 2, "trained"))
+
+
+def _curves(barriers):
+    """`stability.instability` as a stand-in: one curve per candidate with the given barriers."""
+    calls = []
+
+    def instability(build_model, data, config, candidates, **kwargs):
+        calls.append(list(candidates))
+        return [{"rewind_iteration": k, "barrier": barriers[k], "alphas": [0.0, 1.0], "values": [0.9, 0.9],
+                 "metric": "accuracy"} for k in candidates]
+    return instability, calls
+
+
+def test_rewind_auto_rewinds_to_the_earliest_stable_candidate_and_resumes_with_it(tmp_path, monkeypatch, capsys):
+    instability, calls = _curves({0: 0.3, 8: 0.01, 12: 0.0})
+    monkeypatch.setattr(stability, "instability", instability)
+    settings = dict(rewind="auto", rewind_candidates="12,0,8", epochs=None, iterations=16, eval_every=8, verbose=1)
+    _search(tmp_path, rounds=1, **settings).run()
+    assert calls == [[0, 8, 12]]
+    record = json.loads((tmp_path / "instability.json").read_text())
+    assert record["rewind_iteration"] == 8 and record["stable"] and record["threshold"] == 0.02
+    assert "rewind='auto' rewinds to iteration 8 (error barrier by iteration: 0: 0.300, 8: 0.010" in \
+        capsys.readouterr().out
+    assert read_run_config(tmp_path).rewind == "auto"
+    start = weights.snapshot(RunStore(tmp_path).load_model())
+    rewind = round_arrays(tmp_path, 0, "rewind")
+    assert any(not np.array_equal(rewind[key], start[key]) for key in start)  # The weights after step 8.
+    history = _search(tmp_path, rounds=2, resume=True, **settings).run()
+    assert calls == [[0, 8, 12]] and len(history["rounds"]) == 3  # Read back, not measured again.
+    replay = _search(tmp_path / "control", rounds=2, replay_masks_from=str(tmp_path), control="reinit",
+                     **settings).run()
+    assert calls == [[0, 8, 12]] and len(replay["rounds"]) == 3  # A replay rewinds where its source did.
+
+
+def test_rewind_auto_falls_back_to_the_latest_candidate_when_none_is_stable(tmp_path, monkeypatch, capsys):
+    instability, _ = _curves({0: 0.3, 5: 0.2})
+    monkeypatch.setattr(stability, "instability", instability)
+    _search(tmp_path, rounds=1, rewind="auto", rewind_candidates="0,5", epochs=None, iterations=10, eval_every=5,
+            verbose=1).run()
+    record = json.loads((tmp_path / "instability.json").read_text())
+    assert record["rewind_iteration"] == 5 and not record["stable"]
+    assert "No candidate is stable" in capsys.readouterr().out
+
+
+def test_rewind_auto_measures_the_dense_network(tmp_path):
+    history = _search(tmp_path, rounds=1, rewind="auto", epochs=None, iterations=20, eval_every=10).run()
+    record = json.loads((tmp_path / "instability.json").read_text())
+    assert [curve["rewind_iteration"] for curve in record["curves"]] == [0, 1, 2]  # 0, 1%, 2%, 5% and 10% of 20.
+    assert all(len(curve["values"]) == stability.POINTS for curve in record["curves"])
+    assert record["rewind_iteration"] == stability.earliest_stable(record["curves"]) or not record["stable"]
+    assert len(history["rounds"]) == 2
 
 
 def test_tensorboard_gets_one_scalar_per_round(tmp_path):

@@ -121,6 +121,10 @@ def replay(run_dir, masks_from, output_dir, build_model, data, rounds, control=N
     """
     config = dataclasses.replace(read_run_config(run_dir), rounds=rounds, target_density=None, control=control,
                                  one_shot=False, early_bird=None)
+    store = RunStore(run_dir)
+    if config.rewind == "auto" and store.has_instability():  # Where this run rewound, whatever masks_from chose.
+        k = store.read_instability()["rewind_iteration"]
+        config = dataclasses.replace(config, rewind=f"step:{k}" if k else "init")
     return TicketSearch(build_model, data, config, output_dir, replay_masks_from=masks_from, resume=True,
                         verbose=verbose).run()
 

@@ -258,6 +258,28 @@ def plot_analysis(report, path):
     return _save(figure, path)
 
 
+def plot_instability(record, path, *, title="Instability analysis"):
+    """The linear paths of `rewind="auto"`: the validation error (or metric) between the two copies trained from
+    each candidate rewind point, one line per point, the chosen one bold. `record` is a run's instability.json
+    (`RunStore.read_instability`). Returns `path`."""
+    figure = Figure(figsize=(6.4, 4.4), dpi=100)
+    axis = figure.add_subplot()
+    curves = record["curves"]
+    for color, curve in zip(_gradient(len(curves)), curves):
+        metric = curve["metric"]
+        values = [100 * (1 - value) for value in curve["values"]] if _is_accuracy(metric) else curve["values"]
+        chosen = curve["rewind_iteration"] == record["rewind_iteration"]
+        axis.plot(curve["alphas"], values, "o-", color=color, markersize=3, linewidth=2.5 if chosen else 1.2,
+                  label=f"k = {curve['rewind_iteration']}: barrier {curve['barrier']:.3f}" + (" (chosen)" * chosen))
+    metric = curves[0]["metric"]
+    ylabel = "Validation error (%)" if _is_accuracy(metric) else _metric_name(f"val_{metric}")
+    axis.set(title=title, xlabel="Interpolation between the two copies", ylabel=ylabel)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def _is_accuracy(metric):
     """Whether `metric` is an accuracy (a fraction, drawn in percent)."""
     return "accuracy" in metric

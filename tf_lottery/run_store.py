@@ -11,6 +11,7 @@
         trained_weights.npz
         metrics.json
     best_ticket.keras     the masked, trained model of the best round (`masking.load_model` reads it)
+    instability.json      (rewind="auto" only) the error barrier of each candidate rewind point and the one chosen
     tensorboard/          per-round scalars, if asked for
 
 Every file is written atomically (see `storage`). A `RunStore` refuses to
@@ -32,6 +33,7 @@ TICKET_FILE = "best_ticket.keras"
 MODEL_FILE = "model.keras"
 TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.json"
+INSTABILITY_FILE = "instability.json"
 #: The arrays of a round's state and their files in its folder.
 ROUND_FILES = {"masks": "masks.npz", "rewind": "rewind_weights.npz", "trained": "trained_weights.npz",
                "statistics": "statistics.npz"}
@@ -172,6 +174,18 @@ class RunStore:
     def write_history(self, history):
         storage.write_json(self.path(HISTORY_FILE), history)
 
+    def has_instability(self):
+        """Whether the run holds the instability analysis that chose its rewind point (`rewind="auto"`)."""
+        return os.path.isfile(self.path(INSTABILITY_FILE))
+
+    def read_instability(self):
+        """`{"threshold", "stable", "rewind_iteration", "curves"}`: what chose the rewind point of `rewind="auto"`
+        (see `tf_lottery.stability`)."""
+        return storage.read_json(self.path(INSTABILITY_FILE))
+
+    def write_instability(self, record):
+        storage.write_json(self.path(INSTABILITY_FILE), record)
+
     def write_round(self, index, arrays, metrics):
         """Saves a completed round: written to `round_NNN.partial`, then renamed into place."""
         final = self.round_dir(index)
@@ -240,7 +254,7 @@ class RunStore:
 
 
 def _belongs_to_run(name):
-    return (name in (RUN_FILE, HISTORY_FILE, TICKET_FILE, MODEL_FILE, TENSORBOARD_DIR)
+    return (name in (RUN_FILE, HISTORY_FILE, TICKET_FILE, MODEL_FILE, TENSORBOARD_DIR, INSTABILITY_FILE)
             or name.startswith(storage.TEMPORARY_PREFIX) or bool(_ROUND_NAME.fullmatch(name)) or _is_partial_round(name))
 
 

@@ -9,8 +9,15 @@ The schedule holds the arrays later rounds start from; it reads and writes no fi
 
 import sys
 
+import numpy as np
+
 from tf_lottery import criteria, masking, structure, weights
 from tf_lottery.pruning import compounded_plan, random_masks_like
+
+
+def round_seed(seed, round_index):
+    """The seed of one round, derived from the run's seed."""
+    return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
 
 
 class RoundSchedule:

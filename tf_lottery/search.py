@@ -23,17 +23,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, distribute, environment, masking, run_store, storage, weights
+from tf_lottery import criteria, distribute, environment, masking, run_store, stability, storage, weights
 from tf_lottery.callbacks import (UNITS, EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker,
                                   parse_rewind_point)
 from tf_lottery.data import as_search_data
 from tf_lottery.pruning import SCOPES, PruningPlan, parse_block
 from tf_lottery.run_store import RunDirError, RunStore, empty_history
-from tf_lottery.schedule import RoundSchedule
+from tf_lottery.schedule import RoundSchedule, round_seed
 from tf_lottery.structure import UNIT_SCORES
 from tf_lottery.trainer import COSINE_FLOOR, Trainer, best_evaluation, monitor_mode
 
-REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune")
+REWIND_MODES = ("init", "step:K", "epoch:K", "lr", "finetune", "auto")
+#: The iterations `rewind="auto"` tests by default, as fractions of a round: 0 and early points.
+AUTO_REWIND_FRACTIONS = (0, 0.01, 0.02, 0.05, 0.1)
 CONTROLS = ("reinit", "random_mask")
 GRANULARITIES = ("weight", "unit")
 OPTIMIZERS = ("adam", "sgd", "momentum")
@@ -78,7 +80,15 @@ class SearchConfig:
     criterion: str = _field("magnitude", "Pruning criterion.", tuple(criteria.CRITERIA))
     movement_every: str = _field("step", "How often criterion movement_rate adds up |Δw|: every step, or every "
                                          "epoch (evaluation period).", UNITS)
-    rewind: str = _field("init", f"Where survivors restart each round: {REWIND_MODES}.")
+    rewind: str = _field("init", f"Where survivors restart each round: {REWIND_MODES}. auto: the earliest of "
+                                 "rewind_candidates from which training is stable (two copies trained on two data "
+                                 "orders meet with an error barrier under stability_threshold; see "
+                                 "tf_lottery.stability), measured on the dense network before round 0.")
+    rewind_candidates: str | None = _field(None, "Iterations that rewind=auto tests, 'k1,k2,...' (default: 0 and "
+                                                 "1%, 2%, 5% and 10% of a round). Each costs two rounds' training.")
+    stability_threshold: float = _field(0.02, "The error barrier under which rewind=auto calls training stable, "
+                                              "in the validation accuracy's units (0.02: Frankle et al.'s 2 "
+                                              "points).")
     control: str | None = _field(None, "Run a control instead of a ticket search: reinit (the masks, a fresh "
                                        "initialization) or random_mask (random masks of the same per-layer density, "
                                        "in the same blocks).", CONTROLS)
@@ -129,7 +139,7 @@ class SearchConfig:
             value = getattr(self, field.name)
             if allowed and value not in allowed and not (value is None and field.default is None):
                 raise ValueError(f"{field.name} must be one of {allowed}; got {value!r}.")
-        if self.rewind not in ("init", "lr", "finetune"):
+        if self.rewind not in ("init", "lr", "finetune", "auto"):
             try:
                 parse_rewind_point(self.rewind)
             except ValueError:
@@ -159,6 +169,12 @@ class SearchConfig:
             if length is not None and count > length:
                 raise ValueError(f"The rewind point {self.rewind} lies beyond round 0, which trains for {length} "
                                  f"{unit}{'s' * (length != 1)}: rewind earlier, or train round 0 longer.")
+        if self.rewind == "auto" and self.interim_iterations:
+            raise ValueError("rewind='auto' tests rewind points with rounds of full length, so it excludes "
+                             "interim_iterations: choose the rewind point with rewind='step:K'.")
+        if not 0 < self.stability_threshold < 1:
+            raise ValueError(f"stability_threshold must be in (0, 1); got {self.stability_threshold!r}.")
+        self.auto_rewind_candidates(1)  # Validates rewind_candidates.
         if self.gradual_iterations and self.iterations and self.gradual_iterations > self.iterations:
             raise ValueError(f"gradual_iterations ({self.gradual_iterations}) exceeds a round's iterations "
                              f"({self.iterations}): prune over fewer iterations, or train longer.")
@@ -186,6 +202,19 @@ class SearchConfig:
         """Whether round 1 prunes straight to the final density (one-shot and early-bird searches)."""
         return self.one_shot or self.early_bird is not None
 
+    def auto_rewind_candidates(self, length):
+        """The iterations `rewind="auto"` tests in rounds of `length` iterations, in order."""
+        if self.rewind_candidates is None:
+            return sorted({round(fraction * length) for fraction in AUTO_REWIND_FRACTIONS})
+        try:
+            candidates = sorted({int(k) for k in self.rewind_candidates.split(",")})
+        except ValueError:
+            candidates = [-1]
+        if candidates[0] < 0:
+            raise ValueError(f"rewind_candidates must look like '0,100,500' (iterations >= 0, comma-separated); "
+                             f"got {self.rewind_candidates!r}.")
+        return candidates
+
     def changed_fields(self, names):
         """`{name: value}` of the fields among `names` that differ from their defaults."""
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
@@ -209,11 +238,6 @@ def parse_layer_rates(text):
             raise ValueError(f"layer_rates must look like 'conv1=0.1,conv2=0.1' (layer=rate, comma-separated); "
                              f"got {text!r}.") from None
     return rates
-
-
-def round_seed(seed, round_index):
-    """The seed of one round, derived from the run's seed."""
-    return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0])
 
 
 class TicketSearch:
@@ -279,6 +303,8 @@ class TicketSearch:
         self.trainer = Trainer(self.model, self.data, config, self.strategy, self.verbose)
         self._check_before_training()
         history = self._prepare_run_dir()
+        if config.rewind == "auto":
+            self.config = dataclasses.replace(config, rewind=self._auto_rewind_point())
         index = len(history["rounds"])
         if index:
             self._log(f"Resuming {self.run_dir} after round {index - 1}.")
@@ -373,6 +399,38 @@ class TicketSearch:
             self.schedule.keep(index, state)
             rounds.append(metrics)
         return {"rounds": rounds, "best_round": self._best_round(rounds)}
+
+    def _auto_rewind_point(self):
+        """The rewind point of `rewind="auto"`: the one this run (resumed) or the replayed run chose, or the one
+        measured now and recorded in the run directory."""
+        sources = [self.store] + ([RunStore(self.replay_masks_from)] if self.replay_masks_from else [])
+        record = next((source.read_instability() for source in sources if source.has_instability()), None)
+        if record is None:
+            record = self._measure_instability()
+            self.write_store.write_instability(record)
+        k = record["rewind_iteration"]
+        barriers = ", ".join(f"{curve['rewind_iteration']}: {curve['barrier']:.3f}" for curve in record["curves"])
+        self._log(f"rewind='auto' rewinds to iteration {k} (error barrier by iteration: {barriers}; stable under "
+                  f"{record['threshold']}).")
+        return f"step:{k}" if k else "init"
+
+    def _measure_instability(self):
+        """Runs `stability.instability` on the dense network for the candidates of `rewind="auto"`."""
+        config = self.config
+        length = config.iterations or config.epochs * self.data.train_steps_per_epoch(config.batch_size)
+        candidates = config.auto_rewind_candidates(length)
+        self._log(f"rewind='auto': training two copies of {length} iterations from each of iterations {candidates} "
+                  "to find where training becomes stable (tf_lottery.stability).")
+        start = weights.snapshot(self.model)  # `build_model` may return the search's own model.
+        curves = stability.instability(self.build_model, self.data, config, candidates, strategy=self.strategy,
+                                       verbose=self.verbose)
+        weights.restore(self.model, start)
+        chosen = stability.earliest_stable(curves, config.stability_threshold)
+        if chosen is None:
+            self._log(f"No candidate is stable (every barrier is {config.stability_threshold} or more): rewinding to "
+                      f"the latest, iteration {candidates[-1]}. Test later iterations with rewind_candidates.")
+        return {"threshold": config.stability_threshold, "stable": chosen is not None,
+                "rewind_iteration": candidates[-1] if chosen is None else chosen, "curves": curves}
 
     def _load_replay(self):
         if not self.replay_masks_from:

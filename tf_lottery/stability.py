@@ -21,7 +21,7 @@ import tensorflow as tf
 from tf_lottery import callbacks as callbacks_lib
 from tf_lottery import data as data_lib
 from tf_lottery import masking, weights
-from tf_lottery.search import round_seed
+from tf_lottery.schedule import round_seed
 from tf_lottery.trainer import Trainer, monitor_mode
 
 #: Frankle et al.'s threshold: training from k is stable when the barrier is under 2 points of error.
@@ -69,7 +69,7 @@ def barrier(values, mode="max"):
 
 
 def instability(build_model, data, config, rewind_iterations=(0,), *, masks=None, points=POINTS, split="val",
-                metric="accuracy", verbose=0):
+                metric="accuracy", strategy=None, verbose=0):
     """The error barrier between two copies trained from each rewind point in `rewind_iterations`.
 
     Args:
@@ -84,6 +84,7 @@ def instability(build_model, data, config, rewind_iterations=(0,), *, masks=None
         points: networks evaluated on each line, both ends included.
         split: `"val"` (default: choosing k on it keeps the test set unseen) or `"test"`.
         metric: the compiled metric whose barrier is measured (`"accuracy"`, `"loss"`, ...).
+        strategy: the `tf.distribute.Strategy` to train under (default: the current one).
         verbose: 1 prints a line per rewind point.
 
     Returns:
@@ -92,14 +93,16 @@ def instability(build_model, data, config, rewind_iterations=(0,), *, masks=None
     """
     data = data_lib.as_search_data(data)
     rewind_iterations = sorted({int(k) for k in rewind_iterations})
+    strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(config.seed)
-    model = build_model()
-    if not model.built:
-        model(data.example_inputs())
-    model = masking.mask(model) if not masking.is_masked(model) else model
+    with strategy.scope():
+        model = build_model()
+        if not model.built:
+            model(data.example_inputs())
+        model = model if masking.is_masked(model) else masking.mask(model)
     if masks is not None:
         masking.set_masks(model, masks)
-    trainer = Trainer(model, data, config, tf.distribute.get_strategy(), verbose=0)
+    trainer = Trainer(model, data, config, strategy, verbose=0)
     length = config.iterations or config.epochs * data.train_steps_per_epoch(config.batch_size)
     too_late = [k for k in rewind_iterations if not 0 <= k <= length]
     if too_late:
