@@ -42,7 +42,7 @@ def test_random_is_seeded_and_differs_between_layers():
 def test_get_accepts_names_and_callables():
     assert criteria.get("magnitude") is criteria.magnitude
     assert criteria.get(criteria.movement) is criteria.movement
-    with pytest.raises(ValueError, match=r"Unknown criterion 'size'; choose one of \['magnitude'"):
+    with pytest.raises(ValueError, match=r"Unknown criterion 'size'; choose one of \['grasp', 'magnitude'"):
         criteria.get("size")
 
 

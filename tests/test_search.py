@@ -307,6 +307,31 @@ def test_resume_is_exact_for_models_with_dropout(tmp_path):
                  round_arrays(tmp_path / "whole", 2, "trained"))
 
 
+@pytest.mark.parametrize("criterion", ["snip", "synflow"])
+def test_pruning_at_initialization_prunes_by_the_scores_of_the_initial_weights(criterion, tmp_path):
+    history = _search(tmp_path, criterion=criterion, one_shot=True, rounds=None, target_density=0.3,
+                      scope="global").run()
+    assert len(history["rounds"]) == 2 and history["rounds"][1]["density"] <= 0.3
+    scores = round_arrays(tmp_path, 0, "statistics")
+    model = tf_lottery.mask(_build())
+    start = masking.get_prunable_weights(model, round_arrays(tmp_path, 0, "rewind"))
+    if criterion == "snip":  # Recomputed on round 0's first batch, from the initial weights.
+        data = tf_lottery.SearchData(train=(DATA.x_train, DATA.y_train), validation=(DATA.x_val, DATA.y_val))
+        x, y = next(iter(data.train_batches(tf_lottery.search.round_seed(0, 0), 1, 64)))
+        masking.set_masks(model, masking.get_masks(model))
+        weights.restore(model, round_arrays(tmp_path, 0, "rewind"))
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        expected = tf_lottery.saliency.snip(model, x, y)
+        for key in scores:
+            np.testing.assert_allclose(scores[key], expected[key], rtol=1e-4, atol=1e-9)
+    masks = round_arrays(tmp_path, 1)
+    for key, mask in masks.items():  # The survivors are the best-scored weights (globally; output: its own rate).
+        if key != "output/kernel":
+            assert scores[key][mask == 0].max() <= min(scores[k][masks[k] == 1].min() for k in masks
+                                                       if k != "output/kernel"), key
+    assert all(np.isfinite(value).all() for value in start.values())
+
+
 def _curves(barriers):
     """`stability.instability` as a stand-in: one curve per candidate with the given barriers."""
     calls = []

@@ -50,6 +50,24 @@ def movement_rate(final, initial, statistics=None):
     return {key: np.array(statistics[key], np.float64) for key in final}
 
 
+def at_initialization(final, initial, statistics=None):
+    """Scores measured as the round started: SNIP, GraSP or SynFlow (see `tf_lottery.saliency`).
+
+    `statistics` maps each mask key to the scores `saliency.InitializationScores`
+    recorded before the round's first step; `TicketSearch` records them for
+    `criterion="snip"`, `"grasp"` or `"synflow"`.
+    """
+    del initial
+    if statistics is None:
+        raise ValueError("snip, grasp and synflow score weights before training, so they need statistics: train "
+                         "with tf_lottery.saliency.InitializationScores and pass its statistics() (TicketSearch "
+                         "does this for those criteria).")
+    missing = sorted(set(final) - set(statistics))
+    if missing:
+        raise ValueError(f"The statistics hold no scores for {missing}: score every masked weight of the model.")
+    return {key: np.array(statistics[key], np.float64) for key in final}
+
+
 def random(final, initial, statistics=None, *, seed=0):
     """Uniform random scores from `seed`: the random-pruning control."""
     del initial, statistics
@@ -63,7 +81,12 @@ CRITERIA = {
     "movement": movement,
     "movement_rate": movement_rate,
     "random": random,
+    "snip": at_initialization,
+    "grasp": at_initialization,
+    "synflow": at_initialization,
 }
+#: The criteria that read `statistics` recorded during training (movement) or as it starts (the others).
+RECORDED = ("movement_rate", "snip", "grasp", "synflow")
 
 
 def get(name, *, seed=0):

@@ -175,6 +175,14 @@ def erk_densities(shapes, density):
         dense.update(full)
 
 
+def simulate(plan, masks, output_layer=None):
+    """The masks `plan` leaves of `masks` when every layer's weights rank alike (by position in the layer), so a
+    global plan takes from each pooled layer in proportion to its survivors: how many weights a round keeps."""
+    scores = {key: np.arange(mask.size, dtype=np.float64).reshape(mask.shape) / mask.size
+              for key, mask in masks.items()}
+    return plan.prune(masks, scores, output_layer=output_layer)
+
+
 def compounded_plan(plan, masks, output_layer, rounds=None, steps=1):
     """A plan that prunes in `steps` equal steps what `plan` prunes from `masks` in several rounds.
 
@@ -184,9 +192,8 @@ def compounded_plan(plan, masks, output_layer, rounds=None, steps=1):
     """
     if rounds is None:
         rounds, simulated = 0, masks
-        ones = {key: np.ones_like(mask) for key, mask in masks.items()}
         while masking.density(simulated) > plan.target_density + 1e-9:
-            simulated = plan.prune(simulated, ones, output_layer=output_layer)
+            simulated = simulate(plan, simulated, output_layer)
             rounds += 1
     layer_rates = {}
     for key in masks:

@@ -5,7 +5,8 @@
     history.json          {"rounds": [metrics of each completed round], "best_round"}
     round_000/            one folder per completed round (renamed into place when complete)
         masks.npz         the masks the round trained with (ended with, if it pruned gradually)
-        statistics.npz    (criterion movement_rate only) the accumulated |Δw| of its training
+        statistics.npz    (criteria movement_rate, snip, grasp, synflow) the accumulated |Δw| of its
+                          training, or its scores as it started
         rewind_weights.npz the weights its survivors were reset to (for round 0 of a
                           late-rewinding run: the weights at the rewind point)
         trained_weights.npz

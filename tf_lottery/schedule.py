@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from tf_lottery import criteria, masking, structure, weights
-from tf_lottery.pruning import compounded_plan, random_masks_like
+from tf_lottery.pruning import compounded_plan, random_masks_like, simulate
 
 
 def round_seed(seed, round_index):
@@ -53,7 +53,7 @@ class RoundSchedule:
     def state_names(self):
         """The arrays each round keeps: masks and weights, and what the criterion needs."""
         names = ["masks", "rewind", "trained"]
-        return names + ["statistics"] if self.config.criterion == "movement_rate" else names
+        return names + ["statistics"] if self.config.criterion in criteria.RECORDED else names
 
     def last_round(self):
         config = self.config
@@ -94,6 +94,13 @@ class RoundSchedule:
             else:
                 masks = random_masks_like(masks, self.round_seed(index), self.plan.block)
         return masks
+
+    def next_density(self, masks):
+        """The global density the round after one that ends with `masks` prunes to."""
+        if self.at_target(masking.density(masks)):
+            return masking.density(masks)  # The search ends here.
+        plan = self.one_shot_plan(masks) if self.config.prunes_once else self.plan
+        return masking.density(simulate(plan, masks, self.output_layer()))
 
     def one_shot_plan(self, masks):
         """The plan that prunes `masks` to the search's final density at once."""

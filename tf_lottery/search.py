@@ -23,7 +23,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import criteria, distribute, environment, masking, run_store, stability, storage, weights
+from tf_lottery import (criteria, distribute, environment, masking, run_store, saliency, stability, storage,
+                        weights)
 from tf_lottery.callbacks import (UNITS, EarlyBirdStopping, GradualPruning, LotteryCallback, MovementTracker,
                                   parse_rewind_point)
 from tf_lottery.data import as_search_data
@@ -77,7 +78,9 @@ class SearchConfig:
     unit_score: str = _field("weights", "How a unit plan ranks units: the mean of the criterion's scores over a "
                                         "unit's weights, or the |scale| of its BatchNormalization channels "
                                         "(bn_scale, network slimming).", UNIT_SCORES)
-    criterion: str = _field("magnitude", "Pruning criterion.", tuple(criteria.CRITERIA))
+    criterion: str = _field("magnitude", "Pruning criterion. snip, grasp and synflow score the weights as each "
+                                         "round starts (round 0: at initialization; see tf_lottery.saliency): with "
+                                         "one_shot, the pruning-at-initialization baselines.", tuple(criteria.CRITERIA))
     movement_every: str = _field("step", "How often criterion movement_rate adds up |Δw|: every step, or every "
                                          "epoch (evaluation period).", UNITS)
     rewind: str = _field("init", f"Where survivors restart each round: {REWIND_MODES}. auto: the earliest of "
@@ -186,6 +189,9 @@ class SearchConfig:
             raise ValueError("granularity='unit' prunes each layer's units round by round at its own rate: it "
                              "excludes block, scope='global' or 'erk', one_shot, early_bird, rounds_to_target and "
                              "gradual_iterations.")
+        if self.criterion in saliency.METHODS and (self.early_bird is not None or self.gradual_iterations):
+            raise ValueError(f"criterion={self.criterion!r} scores the weights once, as a round starts, so it "
+                             "excludes early_bird and gradual_iterations, which prune as the weights train.")
         if self.early_bird is not None and not 0 < self.early_bird <= 1:
             raise ValueError(f"early_bird must be a mask distance in (0, 1], e.g. 0.1; got {self.early_bird!r}.")
         if not self.learning_rate > 0:
@@ -478,7 +484,11 @@ class TicketSearch:
         config, schedule = self.config, self.schedule
         late_rewinding = ":" in config.rewind and index == 0
         callbacks = {"lottery": LotteryCallback(config.rewind if late_rewinding else 0)}
-        if "statistics" in schedule.state_names():
+        if config.criterion in saliency.METHODS:
+            batch = next(iter(self.data.train_batches(round_seed(config.seed, index), 1, config.batch_size)))
+            density = schedule.next_density(masks) if config.criterion == "synflow" else None
+            callbacks["tracker"] = saliency.InitializationScores(config.criterion, batch[:2], density)
+        elif "statistics" in schedule.state_names():
             callbacks["tracker"] = MovementTracker(config.movement_every)
         statistics = callbacks["tracker"].statistics if "tracker" in callbacks else None
         if schedule.prunes_gradually(index):  # It checks, before the first step, that the round is long enough.
