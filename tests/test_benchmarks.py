@@ -137,3 +137,23 @@ def test_structured_tickets_quick(tmp_path):
     targets = entry["targets"]
     assert targets["tflite_float_latency_ratio"]["value"] == networks["unit"]["files"]["float"]["latency_ratio"]
     assert set(targets) == {"accuracy_drop_points", "tflite_float_latency_ratio"}
+
+
+def test_rewinding_depth_quick(tmp_path):
+    output = tmp_path / "rewinding_depth.json"
+    result = run_script("benchmarks/rewinding_depth.py", "--quick", "--models=conv2", f"--output={output}")
+    report = json.loads(output.read_text())
+    assert json.loads(result.stdout) == report and report["quick"] is True
+    entry = report["models"]["conv2"]
+    curves = entry["instability"]["curves"]
+    assert [curve["rewind_iteration"] for curve in curves] == [0, 3]  # Fractions 0 and 0.5 of 6 iterations.
+    stable = [curve["rewind_iteration"] for curve in curves if curve["barrier"] < 0.02]
+    assert entry["rewind_chosen"] == (stable[0] if stable else 3)
+    tickets = entry["tickets"]
+    assert set(tickets) == {"auto", "init", "lr"}
+    assert tickets["auto"]["rewind"] == (f"step:{entry['rewind_chosen']}" if entry["rewind_chosen"] else "init")
+    for ticket in tickets.values():
+        assert ticket["density"] < 1 and len(ticket["test_accuracy_per_round"]) == 2
+        assert 0 <= ticket["reinit_test_accuracy"] <= 1 and 0 <= ticket["random_mask_test_accuracy"] <= 1
+    assert entry["config"]["layer_rates"] == "conv1=0.1,conv2=0.1" and entry["config"]["learning_rate"] == 2e-4
+    assert "| conv2 |" in result.stderr
