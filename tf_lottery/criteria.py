@@ -39,15 +39,10 @@ def movement_rate(final, initial, statistics=None):
     `criterion="movement_rate"`.
     """
     del initial
-    if statistics is None:
-        raise ValueError("movement_rate scores weights by how much they moved during training, so it needs "
-                         "statistics: train with tf_lottery.MovementTracker and pass tracker.statistics() "
-                         "(TicketSearch does this for criterion='movement_rate').")
-    missing = sorted(set(final) - set(statistics))
-    if missing:
-        raise ValueError(f"The statistics hold no movement for {missing}: track every masked weight "
-                         "(MovementTracker on the same model).")
-    return {key: np.array(statistics[key], np.float64) for key in final}
+    return _recorded(final, statistics, "movement_rate scores weights by how much they moved during training, so "
+                     "it needs statistics: train with tf_lottery.MovementTracker and pass tracker.statistics() "
+                     "(TicketSearch does this for criterion='movement_rate').",
+                     "movement", "track every masked weight (MovementTracker on the same model)")
 
 
 def at_initialization(final, initial, statistics=None):
@@ -58,13 +53,20 @@ def at_initialization(final, initial, statistics=None):
     `criterion="snip"`, `"grasp"` or `"synflow"`.
     """
     del initial
+    return _recorded(final, statistics, "snip, grasp and synflow score weights before training, so they need "
+                     "statistics: train with tf_lottery.saliency.InitializationScores and pass its statistics() "
+                     "(TicketSearch does this for those criteria).",
+                     "scores", "score every masked weight of the model")
+
+
+def _recorded(final, statistics, needed, what, fix):
+    """`statistics` for the keys of `final` as float64 arrays; `ValueError`s with `needed`, or naming what is
+    missing and the `fix`."""
     if statistics is None:
-        raise ValueError("snip, grasp and synflow score weights before training, so they need statistics: train "
-                         "with tf_lottery.saliency.InitializationScores and pass its statistics() (TicketSearch "
-                         "does this for those criteria).")
+        raise ValueError(needed)
     missing = sorted(set(final) - set(statistics))
     if missing:
-        raise ValueError(f"The statistics hold no scores for {missing}: score every masked weight of the model.")
+        raise ValueError(f"The statistics hold no {what} for {missing}: {fix}.")
     return {key: np.array(statistics[key], np.float64) for key in final}
 
 
