@@ -374,12 +374,18 @@ def test_rewind_auto_falls_back_to_the_latest_candidate_when_none_is_stable(tmp_
     assert "No candidate is stable" in capsys.readouterr().out
 
 
-def test_rewind_auto_measures_the_dense_network(tmp_path):
-    history = _search(tmp_path, rounds=1, rewind="auto", epochs=None, iterations=20, eval_every=10).run()
+def test_rewind_auto_chooses_initialization_where_training_is_stable_from_the_start(tmp_path):
+    def linear():  # A convex problem: copies from any point meet in one basin.
+        return keras.Sequential([keras.Input(DATA.input_shape), keras.layers.Flatten(), keras.layers.Dense(10)])
+    config = SearchConfig(rounds=1, rewind="auto", epochs=None, iterations=40, eval_every=20, batch_size=64,
+                          learning_rate=1e-2)
+    history = TicketSearch(linear, DATA, config, str(tmp_path), verbose=0).run()
     record = json.loads((tmp_path / "instability.json").read_text())
-    assert [curve["rewind_iteration"] for curve in record["curves"]] == [0, 1, 2]  # 0, 1%, 2%, 5% and 10% of 20.
+    assert [curve["rewind_iteration"] for curve in record["curves"]] == [0, 1, 2, 4]  # 0, 1%, 2%, 5%, 10% of 40.
     assert all(len(curve["values"]) == stability.POINTS for curve in record["curves"])
-    assert record["rewind_iteration"] == stability.earliest_stable(record["curves"]) or not record["stable"]
+    assert record["curves"][0]["barrier"] < 0.02 and record["rewind_iteration"] == 0 and record["stable"]
+    start, rewind = weights.snapshot(RunStore(tmp_path).load_model()), round_arrays(tmp_path, 0, "rewind")
+    _assert_same(rewind, start)  # Rewinds to the initialization.
     assert len(history["rounds"]) == 2
 
 
