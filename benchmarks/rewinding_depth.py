@@ -44,7 +44,7 @@ from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_lottery import datasets, environment, models, storage  # noqa: E402
+from tf_lottery import analysis, datasets, environment, models, storage  # noqa: E402
 from tf_lottery.run_store import RunStore  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
 
@@ -121,10 +121,9 @@ def measure(name, data, iterations, settings, seed, folder):
          f"{settings['rounds']} rounds, rewind candidates {candidates}.")
     histories, seconds = {}, {}
 
-    def search(kind, run_dir, replay=None, **changes):
+    def search(kind, run_dir, **changes):
         started = time.time()
-        history = TicketSearch(build, data, dataclasses.replace(config, **changes), run_dir,
-                               replay_masks_from=replay, verbose=0).run()
+        history = TicketSearch(build, data, dataclasses.replace(config, **changes), run_dir, verbose=0).run()
         seconds[kind] = time.time() - started
         return history
 
@@ -143,12 +142,12 @@ def measure(name, data, iterations, settings, seed, folder):
     histories["lr"] = search("lr", runs["lr"], rewind="lr")
     controls = {}
     for rewind in REWINDS:
-        replay = RunStore(runs[rewind]).copy_masks([settings["rounds"]], os.path.join(folder, name, f"{rewind}_masks"))
-        rewind_setting = settings_of[rewind]
         for control in CONTROLS:
-            history = search(f"{rewind}_{control}", os.path.join(folder, name, f"{rewind}_{control}"), replay,
-                             rewind=rewind_setting, control=control, rounds=1)
-            controls[(rewind, control)] = history["rounds"][-1]["test_accuracy"]
+            started = time.time()
+            metrics = analysis.last_round_control(runs[rewind], os.path.join(folder, name, f"{rewind}_{control}"),
+                                                  build, data, control)
+            seconds[f"{rewind}_{control}"] = time.time() - started
+            controls[(rewind, control)] = metrics["test_accuracy"]
         _log(f"[{name}] {rewind}: {histories[rewind]['rounds'][-1]['test_accuracy']:.4f} at density "
              f"{histories[rewind]['rounds'][-1]['density']:.3f}; reinit {controls[(rewind, 'reinit')]:.4f}, "
              f"random_mask {controls[(rewind, 'random_mask')]:.4f}")

@@ -157,3 +157,21 @@ def test_rewinding_depth_quick(tmp_path):
         assert 0 <= ticket["reinit_test_accuracy"] <= 1 and 0 <= ticket["random_mask_test_accuracy"] <= 1
     assert entry["config"]["layer_rates"] == "conv1=0.1,conv2=0.1" and entry["config"]["learning_rate"] == 2e-4
     assert "| conv2 |" in result.stderr
+
+
+def test_pruning_at_init_quick(tmp_path):
+    output = tmp_path / "pruning_at_init.json"
+    result = run_script("benchmarks/pruning_at_init.py", "--quick", f"--output={output}")
+    report = json.loads(output.read_text())
+    assert json.loads(result.stdout) == report and report["quick"] is True
+    methods = report["models"]["lenet300_100"]["methods"]
+    assert list(methods) == ["ticket", "snip", "grasp", "synflow"]
+    ticket = methods["ticket"]
+    for name, entry in methods.items():
+        # Every method ends at the ticket's density, its output layer at the ticket's output density.
+        assert entry["density"] == pytest.approx(ticket["density"], abs=1e-3), name
+        assert entry["layer_density"]["output/kernel"] == pytest.approx(ticket["layer_density"]["output/kernel"],
+                                                                        abs=1e-3), name
+        assert entry["beats_random_mask"] == (entry["test_accuracy"] > entry["random_mask_test_accuracy"])
+        assert 0 <= entry["reinit_test_accuracy"] <= 1
+    assert "| lenet300_100 |" in result.stderr

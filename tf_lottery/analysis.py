@@ -129,6 +129,19 @@ def replay(run_dir, masks_from, output_dir, build_model, data, rounds, control=N
                         verbose=verbose).run()
 
 
+def last_round_control(run_dir, output_dir, build_model, data, control, verbose=0):
+    """The `control` (`"reinit"` or `"random_mask"`) of the last round of the run in `run_dir`, alone.
+
+    Trains round 0 and that round's masks only (as `replay` does, with the
+    run's settings), in `output_dir`. Returns the control's last-round metrics.
+    """
+    store = RunStore(run_dir)
+    last = store.completed_rounds() - 1
+    masks_from = store.copy_masks([last], os.path.join(output_dir, "masks")) if last > 1 else run_dir
+    return replay(run_dir, masks_from, os.path.join(output_dir, "run"), build_model, data, 1, control,
+                  verbose)["rounds"][-1]
+
+
 def transfer(run_dir, source_dir, output_dir, build_model, data, rounds, verbose=0):
     """Masks found on other data (`source_dir`), rewound and trained on this run's `data`.
 
