@@ -24,7 +24,7 @@ ticket beats its reinit control is reported either way.
 
 Budget: it trains far less than the paper (50,000 iterations per round): --iterations per round (2,000 for
 LeNet-300-100, about 2 epochs of 55,000 images; 400 for Conv-2), 5 rounds. On a 2-core CPU LeNet-300-100 takes
-about 10 minutes; Conv-2's searches and controls took about 100 minutes (on a machine that also ran other work).
+about 10 minutes, Conv-2 about 35 (on a machine that also ran other work).
 
 Run from the repository root:
 
