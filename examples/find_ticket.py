@@ -26,7 +26,7 @@ import os
 
 from absl import app, flags
 
-from tf_lottery import cli, distribute
+from tf_lottery import cli, distribute, extras, run_store
 from tf_lottery.run_store import RunStore
 from tf_lottery.search import SearchConfig, TicketSearch
 
@@ -41,6 +41,18 @@ flags.DEFINE_boolean("tensorboard", False, "Write per-round scalars to --output_
 flags.DEFINE_enum("verbose", "1", ["0", "1"], "0: silent; 1: Keras' progress bar and one line per round.")
 cli.define_flags(SearchConfig)
 FLAGS = flags.FLAGS
+
+
+def _report_instability(store):
+    """Points to the instability curves of rewind=auto, drawn if matplotlib (the `plots` extra) is installed."""
+    curves = store.path(run_store.INSTABILITY_FILE)
+    if not extras.available("plots"):
+        print(f"Instability: {curves} (pip install 'tf-lottery[plots]' to draw it: examples/plot_run.py)")
+        return
+    from tf_lottery import plots
+    path = plots.plot_instability(store.read_instability(),
+                                  store.path(os.path.join(run_store.PLOTS_DIR, "instability.png")))
+    print(f"Instability: {curves}, drawn in {path}")
 
 
 @cli.reports_user_errors
@@ -63,6 +75,8 @@ def main(argv):
                           strategy=strategy)
     history = search.run()
     print(f"History: {os.path.join(search.write_dir, 'history.json')}")
+    if config.rewind == "auto" and search.chief:
+        _report_instability(RunStore(FLAGS.output_dir))
     best = history["best_round"]
     if best is not None and search.chief:
         density = history["rounds"][best]["density"]

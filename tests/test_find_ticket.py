@@ -32,6 +32,18 @@ def test_binary_writes_the_documented_history(tmp_path):
     assert result.stdout.count("density") == 3  # One progress line per round.
 
 
+def test_rewind_auto_records_and_draws_the_instability_curves(tmp_path):
+    result = _run(f"--output_dir={tmp_path}", "--rounds=1", "--rewind=auto", "--rewind_candidates=0,5",
+                  "--epochs=1")
+    record = json.loads((tmp_path / "instability.json").read_text())
+    assert [curve["rewind_iteration"] for curve in record["curves"]] == [0, 5]
+    assert "rewind='auto' rewinds to iteration" in result.stdout
+    assert (tmp_path / "plots" / "instability.png").stat().st_size > 10_000
+    assert f"drawn in {tmp_path / 'plots' / 'instability.png'}" in result.stdout
+    again = _run(f"--output_dir={tmp_path}", "--rounds=1", "--epochs=1", "--overwrite")  # Figures are the run's.
+    assert "instability.json, model.keras, plots," in again.stdout and not (tmp_path / "plots").exists()
+
+
 def test_target_density_without_rounds_prunes_until_it_is_reached(tmp_path):
     _run(f"--output_dir={tmp_path}", "--target_density=0.6", "--epochs=1")
     densities = [r["density"] for r in json.loads((tmp_path / "history.json").read_text())["rounds"]]

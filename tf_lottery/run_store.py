@@ -14,6 +14,7 @@
     best_ticket.keras     the masked, trained model of the best round (`masking.load_model` reads it)
     instability.json      (rewind="auto" only) the error barrier of each candidate rewind point and the one chosen
     tensorboard/          per-round scalars, if asked for
+    plots/                figures of the run (examples/plot_run.py; find_ticket.py's instability.png)
 
 Every file is written atomically (see `storage`). A `RunStore` refuses to
 delete a folder that holds anything but a run, finds a gap in the rounds before
@@ -33,6 +34,7 @@ HISTORY_FILE = "history.json"
 TICKET_FILE = "best_ticket.keras"
 MODEL_FILE = "model.keras"
 TENSORBOARD_DIR = "tensorboard"
+PLOTS_DIR = "plots"
 METRICS_FILE = "metrics.json"
 INSTABILITY_FILE = "instability.json"
 #: The arrays of a round's state and their files in its folder.
@@ -254,8 +256,11 @@ class RunStore:
         return model
 
 
+_RUN_ENTRIES = (RUN_FILE, HISTORY_FILE, TICKET_FILE, MODEL_FILE, TENSORBOARD_DIR, INSTABILITY_FILE, PLOTS_DIR)
+
+
 def _belongs_to_run(name):
-    return (name in (RUN_FILE, HISTORY_FILE, TICKET_FILE, MODEL_FILE, TENSORBOARD_DIR, INSTABILITY_FILE)
+    return (name in _RUN_ENTRIES
             or name.startswith(storage.TEMPORARY_PREFIX) or bool(_ROUND_NAME.fullmatch(name)) or _is_partial_round(name))
 
 
