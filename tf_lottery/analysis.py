@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lottery import masking
+from tf_lottery import masking, stability
 from tf_lottery.run_store import RunStore
 from tf_lottery.search import TicketSearch, read_run_config
 from tf_lottery.stability import instability  # noqa: F401 (tf_lottery.analysis.instability)
@@ -123,8 +123,8 @@ def replay(run_dir, masks_from, output_dir, build_model, data, rounds, control=N
                                  one_shot=False, early_bird=None)
     store = RunStore(run_dir)
     if config.rewind == "auto" and store.has_instability():  # Where this run rewound, whatever masks_from chose.
-        k = store.read_instability()["rewind_iteration"]
-        config = dataclasses.replace(config, rewind=f"step:{k}" if k else "init")
+        chosen = store.read_instability()["rewind_iteration"]
+        config = dataclasses.replace(config, rewind=stability.rewind_setting(chosen))
     return TicketSearch(build_model, data, config, output_dir, replay_masks_from=masks_from, resume=True,
                         verbose=verbose).run()
 

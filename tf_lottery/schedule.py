@@ -75,7 +75,7 @@ class RoundSchedule:
     def iterations(self, index, masks, steps_per_epoch):
         """The training length of round `index`, which ends with `masks`: interim, unless it is the last round."""
         config = self.config
-        full = config.iterations or config.epochs * steps_per_epoch
+        full = config.round_length(steps_per_epoch)
         if not config.interim_iterations or index == self.last_round() or self.at_target(masking.density(masks)):
             return full
         return config.interim_iterations

@@ -208,6 +208,10 @@ class SearchConfig:
         """Whether round 1 prunes straight to the final density (one-shot and early-bird searches)."""
         return self.one_shot or self.early_bird is not None
 
+    def round_length(self, steps_per_epoch):
+        """The iterations of a full round: `iterations`, or `epochs` of `steps_per_epoch` batches."""
+        return self.iterations or self.epochs * steps_per_epoch
+
     def auto_rewind_candidates(self, length):
         """The iterations `rewind="auto"` tests in rounds of `length` iterations, in order."""
         if self.rewind_candidates is None:
@@ -418,12 +422,12 @@ class TicketSearch:
         barriers = ", ".join(f"{curve['rewind_iteration']}: {curve['barrier']:.3f}" for curve in record["curves"])
         self._log(f"rewind='auto' rewinds to iteration {k} (error barrier by iteration: {barriers}; stable under "
                   f"{record['threshold']}).")
-        return f"step:{k}" if k else "init"
+        return stability.rewind_setting(k)
 
     def _measure_instability(self):
         """Runs `stability.instability` on the dense network for the candidates of `rewind="auto"`."""
         config = self.config
-        length = config.iterations or config.epochs * self.data.train_steps_per_epoch(config.batch_size)
+        length = config.round_length(self.data.train_steps_per_epoch(config.batch_size))
         candidates = config.auto_rewind_candidates(length)
         self._log(f"rewind='auto': training two copies of {length} iterations from each of iterations {candidates} "
                   "to find where training becomes stable (tf_lottery.stability).")

@@ -103,7 +103,7 @@ def instability(build_model, data, config, rewind_iterations=(0,), *, masks=None
     if masks is not None:
         masking.set_masks(model, masks)
     trainer = Trainer(model, data, config, strategy, verbose=0)
-    length = config.iterations or config.epochs * data.train_steps_per_epoch(config.batch_size)
+    length = config.round_length(data.train_steps_per_epoch(config.batch_size))
     too_late = [k for k in rewind_iterations if not 0 <= k <= length]
     if too_late:
         raise ValueError(f"Rewind iterations {too_late} lie outside the round's {length} iterations: choose k "
@@ -126,6 +126,11 @@ def instability(build_model, data, config, rewind_iterations=(0,), *, masks=None
             print(f"Rewind iteration {k}: {metric} barrier {curves[-1]['barrier']:.4f} between copies at "
                   f"{values[0]:.4f} and {values[-1]:.4f}.", flush=True)
     return curves
+
+
+def rewind_setting(iteration):
+    """`SearchConfig.rewind` for rewinding to `iteration`: `"init"` for 0, else `"step:K"`."""
+    return f"step:{iteration}" if iteration else "init"
 
 
 def earliest_stable(curves, threshold=THRESHOLD):
