@@ -44,7 +44,7 @@ from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf_lottery import analysis, datasets, environment, models, storage  # noqa: E402
+from tf_lottery import analysis, datasets, environment, models, stability, storage  # noqa: E402
 from tf_lottery.run_store import RunStore  # noqa: E402
 from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
 
@@ -134,20 +134,23 @@ def measure(name, data, iterations, settings, seed, folder):
     chosen = instability["rewind_iteration"]
     _log(f"[{name}] rewind=auto chose iteration {chosen}; barriers "
          f"{ {c['rewind_iteration']: round(c['barrier'], 4) for c in instability['curves']} }")
-    settings_of = {"auto": f"step:{chosen}" if chosen else "init", "init": "init", "lr": "lr"}
+    settings_of = {"auto": stability.rewind_setting(chosen), "init": "init", "lr": "lr"}
     if chosen == 0:
         runs["init"], histories["init"] = runs["auto"], histories["auto"]
     else:
         histories["init"] = search("init", runs["init"], rewind="init")
     histories["lr"] = search("lr", runs["lr"], rewind="lr")
-    controls = {}
+    controls, by_run = {}, {}
     for rewind in REWINDS:
-        for control in CONTROLS:
-            started = time.time()
-            metrics = analysis.last_round_control(runs[rewind], os.path.join(folder, name, f"{rewind}_{control}"),
-                                                  build, data, control)
-            seconds[f"{rewind}_{control}"] = time.time() - started
-            controls[(rewind, control)] = metrics["test_accuracy"]
+        if runs[rewind] not in by_run:  # `init` is the `auto` run when auto chose iteration 0.
+            by_run[runs[rewind]] = {}
+            for control in CONTROLS:
+                started = time.time()
+                metrics = analysis.last_round_control(runs[rewind], os.path.join(folder, name, f"{rewind}_{control}"),
+                                                      build, data, control)
+                seconds[f"{rewind}_{control}"] = time.time() - started
+                by_run[runs[rewind]][control] = metrics["test_accuracy"]
+        controls.update({(rewind, control): by_run[runs[rewind]][control] for control in CONTROLS})
         _log(f"[{name}] {rewind}: {histories[rewind]['rounds'][-1]['test_accuracy']:.4f} at density "
              f"{histories[rewind]['rounds'][-1]['density']:.3f}; reinit {controls[(rewind, 'reinit')]:.4f}, "
              f"random_mask {controls[(rewind, 'random_mask')]:.4f}")
