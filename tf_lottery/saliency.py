@@ -18,12 +18,15 @@ scores (`one_shot=True`: once, to the target, as the methods prune).
 The gradients come from the model's compiled loss (`model.compute_loss`), so compile the model first.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_lottery import masking, weights
 from tf_lottery.pruning import PruningPlan
+from tf_lottery.registry import weights_by_path
 
 #: The criteria scored at the start of a round, by name.
 METHODS = ("snip", "grasp", "synflow")
@@ -72,24 +75,8 @@ def grasp(model, x, y, temperature=GRASP_TEMPERATURE):
 def synflow(model):
     """`{mask key: |dR/dw * w|}`: synaptic flow, with R the summed output of the network whose every weight is
     replaced by its absolute value, on one input of ones (no data). The weights are restored afterwards."""
-    saved = [variable.numpy() for variable in model.weights]
-    try:
-        for variable, value in zip(model.weights, saved):
-            if np.issubdtype(value.dtype, np.floating):
-                variable.assign(np.abs(value))
-        variables = masking.get_prunable_variables(model)
-        ones = tf.ones((1, *model.inputs[0].shape[1:])) if model.inputs else None
-        if ones is None:
-            raise ValueError("synflow feeds the network an input of ones, so it needs a model with a known input "
-                             "shape (a functional or Sequential model, or a subclassed one called on data).")
-        with tf.GradientTape() as tape:
-            flow = tf.reduce_sum(tf.nest.flatten(model(ones, training=False)))
-        gradients = tape.gradient(flow, list(variables.values()))
-        return {key: np.abs(gradient.numpy() * variable.numpy())
-                for (key, variable), gradient in zip(variables.items(), gradients)}
-    finally:
-        for variable, value in zip(model.weights, saved):
-            variable.assign(value)
+    with _absolute_weights(model):
+        return _flow(model)
 
 
 def synflow_ranks(model, density, iterations=SYNFLOW_ITERATIONS):
@@ -97,33 +84,59 @@ def synflow_ranks(model, density, iterations=SYNFLOW_ITERATIONS):
     one rate, rescoring after each; returns scores that rank the weights by how long they survived.
 
     A weight pruned at step j scores j; a survivor scores `iterations + 1` plus its last score scaled into
-    [0, 1). Pruning to `density` by these scores, globally, keeps SynFlow's survivors. The model's masks are
-    restored afterwards.
+    [0, 1). Pruning to `density` by these scores, globally, keeps SynFlow's survivors. The model's masks and
+    weights are restored afterwards.
     """
     if not 0 < density < 1:
         raise ValueError(f"density must be in (0, 1); got {density!r}.")
-    original, start = masking.get_masks(model), weights.snapshot(model)
+    original = masking.get_masks(model)
     alive = sum(int(mask.sum()) for mask in original.values())
     final = min(alive, max(1, round(density * sum(mask.size for mask in original.values()))))
     ranks = {key: np.where(mask > 0, np.inf, 0.0) for key, mask in original.items()}
-    try:
-        masks = original
-        for step in range(1, iterations + 1):
-            survivors = round(alive * (final / alive) ** (step / iterations))  # One rate per step, compounded.
-            current = sum(int(mask.sum()) for mask in masks.values())
-            if survivors < current:
-                plan = PruningPlan(rate=(current - survivors) / current, output_rate=None, scope="global")
-                masks = plan.prune(masks, synflow(model))
-                masking.set_masks(model, masks)
-            for key, mask in masks.items():
-                ranks[key][(mask == 0) & np.isinf(ranks[key])] = step
-        last = synflow(model)
-    finally:
-        masking.set_masks(model, original)
-        weights.restore(model, start)  # Pruning zeroed weights in the variables.
+    with _absolute_weights(model):
+        try:
+            masks = original
+            for step in range(1, iterations + 1):
+                survivors = round(alive * (final / alive) ** (step / iterations))  # One rate per step, compounded.
+                current = sum(int(mask.sum()) for mask in masks.values())
+                if survivors < current:
+                    plan = PruningPlan(rate=(current - survivors) / current, output_rate=None, scope="global")
+                    masks = plan.prune(masks, _flow(model))
+                    masking.set_masks(model, masks)  # Zeroes the pruned weights: the next flow runs without them.
+                for key, mask in masks.items():
+                    ranks[key][(mask == 0) & np.isinf(ranks[key])] = step
+            last = _flow(model)
+        finally:
+            masking.set_masks(model, original)
     top = max(float(value.max()) for value in last.values()) or 1.0
     return {key: np.where(np.isinf(ranks[key]), iterations + 1 + last[key] / (top * (1 + 1e-6)), ranks[key])
             for key in ranks}
+
+
+@contextlib.contextmanager
+def _absolute_weights(model):
+    """Replaces every floating-point weight of `model` by its absolute value; restores the weights on exit."""
+    if not model.inputs:
+        raise ValueError("synflow feeds the network an input of ones, so it needs a model with a known input "
+                         "shape (a functional or Sequential model, or a subclassed one called on data).")
+    start = weights.snapshot(model)
+    try:
+        for variable in weights_by_path(model).values():
+            if keras.backend.is_float_dtype(variable.dtype):
+                variable.assign(tf.abs(variable))
+        yield
+    finally:
+        weights.restore(model, start)
+
+
+def _flow(model):
+    """`{mask key: |dR/dw * w|}` of the weights as they stand, R the summed output on one input of ones."""
+    variables = masking.get_prunable_variables(model)
+    with tf.GradientTape() as tape:
+        flow = tf.reduce_sum(tf.nest.flatten(model(tf.ones((1, *model.inputs[0].shape[1:])), training=False)))
+    gradients = tape.gradient(flow, list(variables.values()))
+    return {key: np.abs(gradient.numpy() * variable.numpy())
+            for (key, variable), gradient in zip(variables.items(), gradients)}
 
 
 _BATCH_SCORES = {"snip": snip, "grasp": grasp}
