@@ -295,8 +295,7 @@ def prune_to_counts(masks, scores, counts, block=None, output_layer=None):
 def _prune_erk(keys, masks, scores, rate, block=None, output_layer=None):
     """Removes `rate` of the surviving weights (or blocks) of `keys` in all, leaving each layer its share of the
     survivors by `erk_densities`, in place."""
-    grids = {key: _BlockGrid(masks[key].shape, block) for key in keys}
-    sizes = {key: grids[key].alive(np.ones(masks[key].shape)).size for key in keys}
+    sizes = count_survivors({key: np.ones_like(masks[key]) for key in keys}, block)
     alive = count_survivors({key: masks[key] for key in keys}, block)
     density = sum(alive.values()) * (1 - rate) / sum(sizes.values())
     densities = erk_densities({key: masks[key].shape for key in keys}, density)
