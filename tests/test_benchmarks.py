@@ -118,22 +118,36 @@ def test_structured_tickets_quick(tmp_path):
     report = json.loads(output.read_text())
     assert json.loads(result.stdout) == report and report["quick"] is True
     entry = report["models"]["lenet300_100"]
-    densities = entry["round_densities"]
-    assert densities["unstructured"][-1] == pytest.approx(densities["unit"][-1], abs=0.01)
-    assert densities["1x4"][-1] == pytest.approx(densities["unit"][-1], abs=0.02)
+    densities, shipped = entry["round_densities"], entry["shipped_round"]
+    assert len(densities["unit"]) == 3 and len(densities["unstructured"]) == len(densities["1x4"]) == shipped + 1
+    assert densities["unstructured"][-1] == pytest.approx(densities["unit"][shipped], abs=0.01)
+    assert densities["1x4"][-1] == pytest.approx(densities["unit"][shipped], abs=0.02)
+    rounds = entry["unit_rounds"]
+    assert [r["units"] for r in rounds] == [{"fc1": 150, "fc2": 50}, {"fc1": 75, "fc2": 25}]  # Half per round.
+    assert [r["parameters"] for r in rounds] == [64 * 150 + 150 + 150 * 50 + 50 + 50 * 10 + 10,
+                                                 64 * 75 + 75 + 75 * 25 + 25 + 25 * 10 + 10]
+    # The shipped round is the sparsest within 1 point of dense on validation, else the best on validation.
+    dense_val = entry["dense_val_accuracy"]
+    within = [r["round"] for r in rounds if r["val_accuracy"] >= dense_val - 0.01 - 1e-12]
+    best = max(rounds, key=lambda r: r["val_accuracy"])["round"]
+    assert entry["shipped_within_validation_tolerance"] is bool(within)
+    assert shipped == (max(within) if within else best)
     networks = entry["networks"]
-    assert networks["unit"]["units"] == {"fc1": 150, "fc2": 50}  # Half of each hidden layer, one round.
-    assert networks["unit"]["parameters"] == 64 * 150 + 150 + 150 * 50 + 50 + 50 * 10 + 10
-    assert networks["unit"]["compact_parity"]["top1_agreement"] == 1.0
-    for name, network in networks.items():
+    chosen = rounds[shipped - 1]
+    assert networks["unit"]["units"] == chosen["units"] and networks["unit"]["parameters"] == chosen["parameters"]
+    assert networks["unit"]["files"] == chosen["files"]
+    for record in rounds:
+        assert record["compact_parity"]["top1_agreement"] == 1.0
+        assert record["keras_latency_ratio"]["batch_256"] == pytest.approx(
+            record["keras_latency_us"]["batch_256"] / networks["dense"]["keras_latency_us"]["batch_256"])
+    for name, network in [*networks.items(), *((f"round {r['round']}", r) for r in rounds)]:
         for kind, figures in network["files"].items():
             assert figures["latency_us"] > 0 and figures["bytes"] > 0, (name, kind)
             dense = networks["dense"]["files"][kind]
             assert figures["latency_ratio"] == pytest.approx(figures["latency_us"] / dense["latency_us"])
+    for name, network in networks.items():
         assert ("beats_reinit" in network) is (name != "dense")
-    unit_time = networks["unit"]["keras_latency_ratio"]["batch_256"]
-    assert unit_time == pytest.approx(networks["unit"]["keras_latency_us"]["batch_256"]
-                                      / networks["dense"]["keras_latency_us"]["batch_256"])
+        assert ("keras_latency_ratio" in network) is (name in ("dense", "unit"))
     targets = entry["targets"]
     assert targets["tflite_float_latency_ratio"]["value"] == networks["unit"]["files"]["float"]["latency_ratio"]
     assert set(targets) == {"accuracy_drop_points", "tflite_float_latency_ratio"}
