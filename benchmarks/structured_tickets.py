@@ -64,14 +64,17 @@ ACCURACY_POINTS = 1.0
 MONITOR = "val_accuracy"
 KERAS_BATCHES = (1, 256)
 EVALUATION_BATCH = 256
+ITERATIONS = {"lenet300_100": 2000, "conv2": 400}
+ROUNDS = {"lenet300_100": 6, "conv2": 5}
 QUICK = {"dataset": "digits", "iterations": [8], "rounds": [2], "prune_rate": 0.5, "latency_rounds": 1,
          "latency_runs": 5}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(TARGETS), f"Models, from {list(TARGETS)}.")
-flags.DEFINE_list("iterations", ["2000", "400"], "Training iterations per round, one per model (or one for all).")
-flags.DEFINE_list("rounds", ["6", "5"], "Pruning rounds of the unit search (after the dense round 0), one per "
-                  "model (or one for all).")
+flags.DEFINE_list("iterations", None, f"Training iterations per round, one per model (or one for all); default "
+                  f"{ITERATIONS}.")
+flags.DEFINE_list("rounds", None, f"Pruning rounds of the unit search (after the dense round 0), one per model (or "
+                  f"one for all); default {ROUNDS}.")
 flags.DEFINE_enum("dataset", "fashion_mnist", datasets.NAMES, "Dataset.")
 flags.DEFINE_float("prune_rate", 0.2, "Fraction of surviving units pruned per round.")
 flags.DEFINE_integer("latency_rounds", 5, "Rounds of timing over all candidates.", lower_bound=1)
@@ -274,27 +277,33 @@ def markdown(results):
     return "\n".join(lines)
 
 
-def _per_model(values, flag):
-    if len(values) not in (1, len(FLAGS.models)):
-        raise app.UsageError(f"--{flag} needs one value, or one per model ({len(FLAGS.models)}).")
-    return [values[index % len(values)] for index in range(len(FLAGS.models))]
+def _per_model(flag, defaults):
+    """The values of a per-model list flag: as given (one for all models, or one per model), or each model's
+    default."""
+    if FLAGS[flag].value is None:
+        return [defaults[name] for name in FLAGS.models]
+    values = FLAGS[flag].value
+    if len(values) not in (1, len(FLAGS.models)) or not all(value.isdigit() for value in values):
+        raise app.UsageError(f"--{flag} needs one whole number, or one per model ({len(FLAGS.models)}); got {values}.")
+    return [int(value) for value in values]
 
 
 def main(argv):
     del argv
-    settings = {"dataset": FLAGS.dataset, "iterations": [int(i) for i in FLAGS.iterations],
-                "rounds": [int(r) for r in FLAGS.rounds], "prune_rate": FLAGS.prune_rate,
+    settings = {"dataset": FLAGS.dataset, "iterations": _per_model("iterations", ITERATIONS),
+                "rounds": _per_model("rounds", ROUNDS), "prune_rate": FLAGS.prune_rate,
                 "latency_rounds": FLAGS.latency_rounds, "latency_runs": FLAGS.latency_runs}
     if FLAGS.quick:
         settings.update(QUICK)
-    iterations, rounds = _per_model(settings["iterations"], "iterations"), _per_model(settings["rounds"], "rounds")
+    iterations, rounds = settings["iterations"], settings["rounds"]
     if min(rounds) < 1:
         raise app.UsageError("--rounds must be at least 1.")
     data = datasets.load(settings["dataset"], seed=FLAGS.seed)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for index, name in enumerate(FLAGS.models):
-            results[name] = measure(name, data, iterations[index], rounds[index], settings, FLAGS.seed, folder)
+            results[name] = measure(name, data, iterations[index % len(iterations)], rounds[index % len(rounds)],
+                                    settings, FLAGS.seed, folder)
     report = {
         "benchmark": "structured_tickets",
         "measured": "unit, unstructured and 1x4 tickets at equal remaining weights, with reinit controls: test "
