@@ -29,7 +29,7 @@ Whether each ticket beats its reinit control is reported either way.
 
 Budget: it trains far less than the paper (50,000 iterations per round): --iterations per round (2,000 for
 LeNet-300-100, about 2 epochs of 55,000 images; 400 for Conv-2), --rounds 6 and 5. On a 2-core CPU
-LeNet-300-100 takes about 15 minutes, Conv-2 about 35.
+LeNet-300-100 takes about 4 minutes, Conv-2 about 25.
 
 Run from the repository root:
 
