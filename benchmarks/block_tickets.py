@@ -55,7 +55,8 @@ import numpy as np  # noqa: E402
 
 from tf_lottery import (datasets, environment, export, latency, masking, models, pruning, run_store,  # noqa: E402
                         storage)
-from tf_lottery.search import REWIND_MODES, SearchConfig, TicketSearch  # noqa: E402
+from tf_lottery.search import SearchConfig, TicketSearch  # noqa: E402
+from tf_lottery.search_config import REWIND_MODES  # noqa: E402
 
 MODEL = "lenet300_100"
 STRUCTURES = {"unstructured": None, "1x4": "1x4", "1x16": "1x16"}
