@@ -25,7 +25,10 @@ the compiled step, batch-level callbacks) are included, per-fit set-up
 median ms per step of each, the median of the per-pair ratios masked/plain
 (of wall time; `cpu_ratio` of the process's CPU time, which leaves out time
 spent waiting for a CPU), whether it meets `TARGET_RATIO` and is below
-tfmot's ratio, and memory: the
+tfmot's ratio; the median ms of one pass of the mask constraints timed on
+their own (`constraint_ms`, `repeats` x `steps` passes) and its share of the
+plain step (`constraint_share`): the work masking adds to a step, free of the
+noise of whole steps; and memory: the
 bytes of the mask variables over the bytes of the weights they mask (target
 <= `TARGET_MEMORY`). The 1-minute load average at start and end is recorded
 too: other processes on the machine make timings noisy.
@@ -172,6 +175,30 @@ def _memory(model):
             "meets_target": mask_bytes / weight_bytes <= TARGET_MEMORY}
 
 
+def _constraint_ms(model, rounds, runs):
+    """Median ms of one pass of every mask constraint of `model`, timed on its own.
+
+    The pass is what Keras' optimizer runs after each update (`variable.assign(variable.constraint(variable))`
+    for every masked weight) and all the work a masked step adds to a plain one; timed apart from the steps,
+    it is free of their noise.
+    """
+    variables = list(masking.get_prunable_variables(model).values())
+
+    @tf.function
+    def constrain():
+        for variable in variables:
+            variable.assign(variable.constraint(variable))
+
+    times = []
+    for _ in range(rounds):
+        constrain()  # Traces, then warms up.
+        for _ in range(runs):
+            start = time.perf_counter()
+            constrain()
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def _compiled(model):
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -190,6 +217,7 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
     dataset = _dataset(name, batch_size, num_classes, seed, quick)
     pair = {"plain": (_compiled(plain), list), "masked": (_compiled(masked), lambda: [tf_lottery.LotteryCallback()])}
     timing = _interleaved(pair, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps, label=name)
+    constraint_ms = _constraint_ms(masked, repeats, steps)
     return {
         "batch_size": batch_size,
         "steps": steps,
@@ -200,6 +228,8 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
         "jit_compile": bool(plain.jit_compile),
         **timing,
         "meets_target": timing["ratio"] <= TARGET_RATIO,
+        "constraint_ms": constraint_ms,
+        "constraint_share": constraint_ms / timing["plain_ms_per_step"],
         "memory": _memory(masked),
     }
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_script, run_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio", "repeats", "steps", "batch_size")
+MODEL_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio", "repeats", "steps", "batch_size", "constraint_ms")
 
 
 def _assert_ratios(entry, variant):
@@ -55,6 +55,7 @@ def test_mask_overhead_quick(tmp_path):
         # The verdicts follow from the printed figures.
         assert entry["meets_target"] is (entry["ratio"] <= target_ratio), (name, entry["ratio"])
         assert entry["below_tfmot"] is (entry["ratio"] < peer["ratio"]), (name, entry["ratio"], peer["ratio"])
+        assert entry["constraint_share"] == entry["constraint_ms"] / entry["plain_ms_per_step"]
         assert 0 < entry["mask_density"] < 0.5
         memory = entry["memory"]
         assert memory["ratio"] == memory["mask_bytes"] / memory["masked_weight_bytes"] == 0.25  # bool over float32
