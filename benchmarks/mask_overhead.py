@@ -2,7 +2,9 @@
 
 For each model, builds the plain network twice with the same weights, masks
 one of them in place (`tf_lottery.mask`) with random masks at ~20% density
-(seeded), and compiles both with Adam. The masked model trains with
+(seeded), and compiles both with Adam, twice: as `fit` compiles on a CPU (a
+TensorFlow graph, `jit_compile=False`) and on a GPU or TPU (XLA,
+`jit_compile=True`). The masked model trains with
 `LotteryCallback()` in its callbacks, as a user would. Both train with
 `model.fit` on one in-memory `tf.data` dataset of random inputs, in one
 process, after a warm-up fit that traces the train step. Repeats alternate
@@ -21,16 +23,17 @@ importing tfmot turns a process to the legacy Keras.
 A repeat is one `fit(steps_per_epoch=steps, epochs=1)`, timed from
 `on_epoch_begin` to `on_epoch_end`: per-step costs (the mask constraints in
 the compiled step, batch-level callbacks) are included, per-fit set-up
-(including `LotteryCallback.on_train_begin`) is not. Reported per model:
-median ms per step of each, the median of the per-pair ratios masked/plain
-(of wall time; `cpu_ratio` of the process's CPU time, which leaves out time
-spent waiting for a CPU), whether it meets `TARGET_RATIO` and is below
-tfmot's ratio; the median ms of one pass of the mask constraints timed on
-their own (`constraint_ms`, `repeats` x `steps` passes) and its share of the
-plain step (`constraint_share`): the work masking adds to a step, free of the
-noise of whole steps; and memory: the
-bytes of the mask variables over the bytes of the weights they mask (target
-<= `TARGET_MEMORY`). The 1-minute load average at start and end is recorded
+(including `LotteryCallback.on_train_begin`) is not. Reported per model and
+compilation (`graph`, `xla`): median ms per step of each, the median of the
+per-pair ratios masked/plain (of wall time; `cpu_ratio` of the process's CPU
+time, which leaves out time spent waiting for a CPU), whether it meets
+`TARGET_RATIO` (and, for `graph`, is below tfmot's ratio), and whether every
+pruned weight is still exactly zero after the timed fits. Per model: the
+median ms of one pass of the mask constraints timed on their own
+(`constraint_ms`) and its share of the plain graph step (`constraint_share`):
+the work masking adds to a step without XLA; and memory: the bytes of the
+mask variables over the bytes of the weights they mask (target <=
+`TARGET_MEMORY`). The 1-minute load average at start and end is recorded
 too: other processes on the machine make timings noisy.
 
 Run from the repository root:
@@ -69,6 +72,9 @@ QUICK_BERT_CONFIG = {**BERT_CONFIG, "vocabulary_size": 200, "hidden_dim": 16, "i
                      "max_sequence_length": 8}
 DENSITY = 0.2
 TARGET_RATIO = 1.02
+#: How `fit` compiles the train step: a TensorFlow graph (its default on CPUs) or XLA (its default on GPUs and
+#: TPUs, `jit_compile=True`), which fuses the mask constraint with the optimizer's update.
+COMPILATIONS = {"graph": False, "xla": True}
 TARGET_MEMORY = 0.25
 BATCH_SIZES = {"lenet300_100": 60, "conv2": 60, "bert": 32}
 QUICK = {"repeats": 2, "steps": 3, "warmup_steps": 2, "batch_size": 8}
@@ -179,29 +185,35 @@ def _constraint_ms(model, rounds, runs):
     """Median ms of one pass of every mask constraint of `model`, timed on its own.
 
     The pass is what Keras' optimizer runs after each update (`variable.assign(variable.constraint(variable))`
-    for every masked weight) and all the work a masked step adds to a plain one; timed apart from the steps,
-    it is free of their noise.
+    for every masked weight), and all the work a masked step adds to a plain one. Each round times `runs`
+    passes in one graph (a `tf.range` loop, as a compiled train step runs them, without a Python call each).
     """
     variables = list(masking.get_prunable_variables(model).values())
 
     @tf.function
-    def constrain():
-        for variable in variables:
-            variable.assign(variable.constraint(variable))
+    def constrain(passes):
+        for _ in tf.range(passes):
+            for variable in variables:
+                variable.assign(variable.constraint(variable))
 
+    constrain(tf.constant(1))  # Traces.
     times = []
     for _ in range(rounds):
-        constrain()  # Traces, then warms up.
-        for _ in range(runs):
-            start = time.perf_counter()
-            constrain()
-            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        constrain(tf.constant(runs))
+        times.append((time.perf_counter() - start) / runs)
     return 1000 * statistics.median(times)
 
 
-def _compiled(model):
+def _pruned_weights_zero(model):
+    masks = tf_lottery.get_masks(model)
+    return all(not np.any(np.asarray(weight)[~np.asarray(masks[key], bool)])
+               for key, weight in masking.get_prunable_variables(model).items())
+
+
+def _compiled(model, jit_compile):
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
     return model
 
 
@@ -215,23 +227,24 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
     tf_lottery.set_masks(masked, {key: rng.random(mask.shape) < DENSITY
                                   for key, mask in tf_lottery.get_masks(masked).items()})
     dataset = _dataset(name, batch_size, num_classes, seed, quick)
-    pair = {"plain": (_compiled(plain), list), "masked": (_compiled(masked), lambda: [tf_lottery.LotteryCallback()])}
-    timing = _interleaved(pair, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps, label=name)
-    constraint_ms = _constraint_ms(masked, repeats, steps)
-    return {
+    entry = {
         "batch_size": batch_size,
         "steps": steps,
         "warmup_steps": warmup_steps,
         "repeats": repeats,
         "mask_density": tf_lottery.sparsity_report(masked)["density"],
         "masked_weights": tf_lottery.sparsity_report(masked)["total"],
-        "jit_compile": bool(plain.jit_compile),
-        **timing,
-        "meets_target": timing["ratio"] <= TARGET_RATIO,
-        "constraint_ms": constraint_ms,
-        "constraint_share": constraint_ms / timing["plain_ms_per_step"],
-        "memory": _memory(masked),
     }
+    for compilation, jit_compile in COMPILATIONS.items():
+        pair = {"plain": (_compiled(plain, jit_compile), list),
+                "masked": (_compiled(masked, jit_compile), lambda: [tf_lottery.LotteryCallback()])}
+        timing = _interleaved(pair, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
+                              label=f"{name} ({compilation})")
+        entry[compilation] = {**timing, "meets_target": timing["ratio"] <= TARGET_RATIO,
+                              "pruned_weights_zero": _pruned_weights_zero(masked)}
+    constraint_ms = _constraint_ms(masked, repeats, steps)
+    return {**entry, "constraint_ms": constraint_ms,
+            "constraint_share": constraint_ms / entry["graph"]["plain_ms_per_step"], "memory": _memory(masked)}
 
 
 def measure_tfmot(*, repeats, steps, warmup_steps, batch_size, seed):
@@ -278,11 +291,12 @@ def main(argv):
         peer = _tfmot_in_subprocess({**settings, "batch_size": settings.get("batch_size", BATCH_SIZES["lenet300_100"]),
                                      "seed": FLAGS.seed})
         for entry in results.values():
-            entry["below_tfmot"] = entry["ratio"] < peer["ratio"]
+            entry["graph"]["below_tfmot"] = entry["graph"]["ratio"] < peer["ratio"]
     report = {
         "benchmark": "mask_overhead",
-        "measured": "ms per training step (model.fit, Adam): masked with LotteryCallback vs plain; tfmot's "
-                    "prune_low_magnitude with UpdatePruningStep vs plain tf_keras; mask bytes over masked weight bytes",
+        "measured": "ms per training step (model.fit, Adam), compiled as a TensorFlow graph and with XLA: masked "
+                    "with LotteryCallback vs plain; tfmot's prune_low_magnitude with UpdatePruningStep vs plain "
+                    "tf_keras (graph); one pass of the mask constraints alone; mask bytes over masked weight bytes",
         "target": f"ratio <= {TARGET_RATIO} and below tfmot's; memory ratio <= {TARGET_MEMORY}",
         "quick": FLAGS.quick,
         "seed": FLAGS.seed,

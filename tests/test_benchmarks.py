@@ -16,7 +16,8 @@ import pytest
 from conftest import run_script, run_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio", "repeats", "steps", "batch_size", "constraint_ms")
+MODEL_FIELDS = ("repeats", "steps", "batch_size", "constraint_ms")
+TIMING_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio")
 
 
 def _assert_ratios(entry, variant):
@@ -51,11 +52,18 @@ def test_mask_overhead_quick(tmp_path):
     for name, entry in report["models"].items():
         for field in MODEL_FIELDS:
             assert entry[field] > 0, (name, field, entry[field])
-        _assert_ratios(entry, "masked")
-        # The verdicts follow from the printed figures.
-        assert entry["meets_target"] is (entry["ratio"] <= target_ratio), (name, entry["ratio"])
-        assert entry["below_tfmot"] is (entry["ratio"] < peer["ratio"]), (name, entry["ratio"], peer["ratio"])
-        assert entry["constraint_share"] == entry["constraint_ms"] / entry["plain_ms_per_step"]
+        for compilation in ("graph", "xla"):
+            timing = entry[compilation]
+            for field in TIMING_FIELDS:
+                assert timing[field] > 0, (name, compilation, field, timing[field])
+            _assert_ratios({**timing, "repeats": entry["repeats"]}, "masked")
+            # The verdicts follow from the printed figures.
+            assert timing["meets_target"] is (timing["ratio"] <= target_ratio), (name, compilation, timing["ratio"])
+            assert timing["pruned_weights_zero"] is True, (name, compilation)
+        graph = entry["graph"]
+        assert graph["below_tfmot"] is (graph["ratio"] < peer["ratio"]), (name, graph["ratio"], peer["ratio"])
+        assert "below_tfmot" not in entry["xla"]
+        assert entry["constraint_share"] == entry["constraint_ms"] / graph["plain_ms_per_step"]
         assert 0 < entry["mask_density"] < 0.5
         memory = entry["memory"]
         assert memory["ratio"] == memory["mask_bytes"] / memory["masked_weight_bytes"] == 0.25  # bool over float32
