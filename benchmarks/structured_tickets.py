@@ -113,7 +113,7 @@ def shipped_round(history):
 
 
 def _searches(name, data, iterations, rounds, settings, seed, folder):
-    """The three ticket searches and their reinit controls; `(histories, controls, chosen, seconds)`."""
+    """The three searches and their reinit controls: `(histories, controls, (shipped round, within), seconds)`."""
     base = dict(epochs=None, iterations=iterations, eval_every=max(1, iterations // 2), seed=seed,
                 prune_rate=settings["prune_rate"], monitor=MONITOR, tolerance=ACCURACY_POINTS / 100)
     histories, controls, seconds = {}, {}, {}
