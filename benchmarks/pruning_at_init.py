@@ -113,19 +113,13 @@ def main(argv):
         for index, name in enumerate(FLAGS.models):
             results[name] = measure(name, data, iterations[index % len(iterations)], settings["rounds"],
                                     FLAGS.seed, folder)
-    report = {
-        "benchmark": "pruning_at_init",
-        "measured": "test accuracy of the ticket (iterative magnitude pruning) and of SNIP, GraSP and SynFlow masks "
-                    "at the same density, each with the random_mask control of its own layer densities and the "
-                    "reinit control",
-        "quick": FLAGS.quick,
-        "seed": FLAGS.seed,
-        "dataset": {"name": data.name, "source": data.source, "train_images": len(data.x_train),
-                    "test_images": len(data.x_test)},
-        "settings": settings,
-        **environment.machine(),
-        "models": results,
-    }
+    report = environment.benchmark_report(
+        "pruning_at_init",
+        "test accuracy of the ticket (iterative magnitude pruning) and of SNIP, GraSP and SynFlow masks at the same "
+        "density, each with the random_mask control of its own layer densities and the reinit control",
+        quick=FLAGS.quick, seed=FLAGS.seed, settings=settings, models=results,
+        dataset={"name": data.name, "source": data.source, "train_images": len(data.x_train),
+                 "test_images": len(data.x_test)})
     _log(markdown(results))
     storage.publish_json(report, FLAGS.output)
 

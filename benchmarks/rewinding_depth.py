@@ -209,19 +209,13 @@ def main(argv):
         for index, name in enumerate(FLAGS.models):
             data = prepare(loaded, name, settings["train_images"], FLAGS.seed)
             results[name] = measure(name, data, iterations[index % len(iterations)], settings, FLAGS.seed, folder)
-    report = {
-        "benchmark": "rewinding_depth",
-        "measured": "test accuracy of tickets rewound to initialization, to the iteration rewind=auto chose from "
-                    "the dense network's instability (validation error barrier between two copies trained on two "
-                    "data orders), and with learning-rate rewinding, each with reinit and random_mask controls of "
-                    "its last round",
-        "quick": FLAGS.quick,
-        "seed": FLAGS.seed,
-        "dataset": {"name": loaded.name, "source": loaded.source, "test_images": len(loaded.x_test)},
-        "settings": settings,
-        **environment.machine(),
-        "models": results,
-    }
+    report = environment.benchmark_report(
+        "rewinding_depth",
+        "test accuracy of tickets rewound to initialization, to the iteration rewind=auto chose from the dense "
+        "network's instability (validation error barrier between two copies trained on two data orders), and with "
+        "learning-rate rewinding, each with reinit and random_mask controls of its last round",
+        quick=FLAGS.quick, seed=FLAGS.seed, settings=settings, models=results,
+        dataset={"name": loaded.name, "source": loaded.source, "test_images": len(loaded.x_test)})
     _log(markdown(results))
     storage.publish_json(report, FLAGS.output)
 

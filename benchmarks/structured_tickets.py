@@ -222,9 +222,9 @@ def measure(name, data, iterations, rounds, settings, seed, folder):
     for network in ("dense", "unit", "unstructured", "1x4"):
         history = histories.get(network, histories["unit"])["rounds"]
         metrics = history[0] if network == "dense" else history[chosen]
-        model = compacted[chosen] if network == "unit" else timed[network]
+        timed_as = f"round_{chosen}" if network == "unit" else network
         entry = {"density": metrics["density"], "keras_test_accuracy": metrics["test_accuracy"],
-                 "parameters": model.count_params(), **_speed(f"round_{chosen}" if network == "unit" else network, *speeds)}
+                 "parameters": timed[timed_as].count_params(), **_speed(timed_as, *speeds)}
         if network != "dense":
             entry["reinit_test_accuracy"] = controls[network]["test_accuracy"]
             entry["beats_reinit"] = metrics["test_accuracy"] > controls[network]["test_accuracy"]
@@ -304,22 +304,16 @@ def main(argv):
         for index, name in enumerate(FLAGS.models):
             results[name] = measure(name, data, iterations[index % len(iterations)], rounds[index % len(rounds)],
                                     settings, FLAGS.seed, folder)
-    report = {
-        "benchmark": "structured_tickets",
-        "measured": "unit, unstructured and 1x4 tickets at equal remaining weights, with reinit controls: test "
-                    "accuracy; the shipped network's parameters and TFLite bytes; latency as ratios to the dense "
-                    "network in the same run (Keras predict_on_batch at batch 1 and 256 for the compacted unit "
-                    "tickets; TFLite float and int8 at batch 1, one thread, for every file). The unit ticket "
-                    "shipped is the sparsest round within 1 point of dense validation accuracy; every round of "
-                    "the unit search is compacted and timed",
-        "quick": FLAGS.quick,
-        "seed": FLAGS.seed,
-        "dataset": {"name": data.name, "source": data.source, "train_images": len(data.x_train),
-                    "test_images": len(data.x_test)},
-        "settings": settings,
-        **environment.machine(),
-        "models": results,
-    }
+    report = environment.benchmark_report(
+        "structured_tickets",
+        "unit, unstructured and 1x4 tickets at equal remaining weights, with reinit controls: test accuracy; the "
+        "shipped network's parameters and TFLite bytes; latency as ratios to the dense network in the same run "
+        "(Keras predict_on_batch at batch 1 and 256 for the compacted unit tickets; TFLite float and int8 at batch "
+        "1, one thread, for every file). The unit ticket shipped is the sparsest round within 1 point of dense "
+        "validation accuracy; every round of the unit search is compacted and timed",
+        quick=FLAGS.quick, seed=FLAGS.seed, settings=settings, models=results,
+        dataset={"name": data.name, "source": data.source, "train_images": len(data.x_train),
+                 "test_images": len(data.x_test)})
     _log(markdown(results))
     storage.publish_json(report, FLAGS.output)
 

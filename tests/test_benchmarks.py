@@ -20,6 +20,16 @@ MODEL_FIELDS = ("repeats", "steps", "batch_size", "constraint_ms")
 TIMING_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio")
 
 
+def _quick_run(tmp_path, script, *flags):
+    """Runs `benchmarks/<script>.py --quick` with `flags`: `(its JSON report, the run)`, the report checked to be
+    what it printed."""
+    output = tmp_path / f"{script}.json"
+    result = run_script(f"benchmarks/{script}.py", "--quick", *flags, f"--output={output}")
+    report = json.loads(output.read_text())
+    assert json.loads(result.stdout) == report and report["quick"] is True
+    return report, result
+
+
 def _assert_ratios(entry, variant):
     """`ratio` is the median of the per-repeat ratios of `variant` to plain, which the per-repeat times give."""
     plain, other = entry["plain_ms_per_repeat"], entry[f"{variant}_ms_per_repeat"]
@@ -106,10 +116,7 @@ def test_search_cost_quick(tmp_path):
 
 
 def test_round_overhead_quick(tmp_path):
-    output = tmp_path / "round_overhead.json"
-    result = run_script("benchmarks/round_overhead.py", "--quick", "--models=lenet300_100", f"--output={output}")
-    report = json.loads(output.read_text())
-    assert json.loads(result.stdout) == report
+    report, _ = _quick_run(tmp_path, "round_overhead", "--models=lenet300_100")
     entry = report["models"]["lenet300_100"]
     rounds = report["settings"]["rounds"]
     assert [len(fits) for fits in entry["plain_seconds"]] == [len(r) for r in entry["round_seconds"]] == [rounds]
@@ -122,10 +129,7 @@ def test_round_overhead_quick(tmp_path):
 
 
 def test_structured_tickets_quick(tmp_path):
-    output = tmp_path / "structured_tickets.json"
-    result = run_script("benchmarks/structured_tickets.py", "--quick", "--models=lenet300_100", f"--output={output}")
-    report = json.loads(output.read_text())
-    assert json.loads(result.stdout) == report and report["quick"] is True
+    report, _ = _quick_run(tmp_path, "structured_tickets", "--models=lenet300_100")
     entry = report["models"]["lenet300_100"]
     densities, shipped = entry["round_densities"], entry["shipped_round"]
     assert len(densities["unit"]) == 3 and len(densities["unstructured"]) == len(densities["1x4"]) == shipped + 1
@@ -163,10 +167,7 @@ def test_structured_tickets_quick(tmp_path):
 
 
 def test_rewinding_depth_quick(tmp_path):
-    output = tmp_path / "rewinding_depth.json"
-    result = run_script("benchmarks/rewinding_depth.py", "--quick", "--models=conv2", f"--output={output}")
-    report = json.loads(output.read_text())
-    assert json.loads(result.stdout) == report and report["quick"] is True
+    report, result = _quick_run(tmp_path, "rewinding_depth", "--models=conv2")
     entry = report["models"]["conv2"]
     curves = entry["instability"]["curves"]
     assert [curve["rewind_iteration"] for curve in curves] == [0, 3]  # Fractions 0 and 0.5 of 6 iterations.
@@ -183,10 +184,7 @@ def test_rewinding_depth_quick(tmp_path):
 
 
 def test_pruning_at_init_quick(tmp_path):
-    output = tmp_path / "pruning_at_init.json"
-    result = run_script("benchmarks/pruning_at_init.py", "--quick", f"--output={output}")
-    report = json.loads(output.read_text())
-    assert json.loads(result.stdout) == report and report["quick"] is True
+    report, result = _quick_run(tmp_path, "pruning_at_init")
     methods = report["models"]["lenet300_100"]["methods"]
     assert list(methods) == ["ticket", "snip", "grasp", "synflow"]
     ticket = methods["ticket"]

@@ -19,3 +19,10 @@ def machine():
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "usable_cpus": usable, **versions()}
+
+
+def benchmark_report(benchmark, measured, *, quick, seed, dataset, settings, models):
+    """A benchmark's JSON report: what it measured, whether with its tiny `--quick` settings, its seed, data and
+    settings, this machine, and its results per model."""
+    return {"benchmark": benchmark, "measured": measured, "quick": quick, "seed": seed, "dataset": dataset,
+            "settings": settings, **machine(), "models": models}
