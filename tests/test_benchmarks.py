@@ -4,6 +4,7 @@ Timings are not tested; only that they are measured (positive numbers) and that 
 the benchmark reports follow from them.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -164,6 +165,28 @@ def test_structured_tickets_quick(tmp_path):
     targets = entry["targets"]
     assert targets["tflite_float_latency_ratio"]["value"] == networks["unit"]["files"]["float"]["latency_ratio"]
     assert set(targets) == {"accuracy_drop_points", "tflite_float_latency_ratio"}
+
+
+def test_structured_tickets_ships_the_sparsest_round_within_tolerance_else_the_best_on_validation():
+    # The function only: the script parses its flags when run as __main__.
+    spec = importlib.util.spec_from_file_location("structured_tickets_under_test",
+                                                  os.path.join(ROOT, "benchmarks", "structured_tickets.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rounds = [{"round": index, "val_accuracy": value} for index, value in enumerate([0.90, 0.85, 0.88, 0.86])]
+    assert bench.shipped_round({"best_round": 3, "rounds": rounds}) == (3, True)
+    assert bench.shipped_round({"best_round": 0, "rounds": rounds}) == (2, False)  # None within: best pruned round.
+
+
+def test_structured_tickets_refuses_bad_per_model_values_before_any_work():
+    wrong_count, not_a_number, zero = run_scripts(
+        ["benchmarks/structured_tickets.py", "--models=conv2", "--iterations=1,2"],
+        ["benchmarks/structured_tickets.py", "--rounds=x"],
+        ["benchmarks/structured_tickets.py", "--rounds=0"])
+    assert wrong_count.returncode and "--iterations needs one whole number, or one per model (1)" in wrong_count.stderr
+    assert not_a_number.returncode and "--rounds needs one whole number, or one per model (2); got ['x']" in \
+        not_a_number.stderr
+    assert zero.returncode and "--rounds must be at least 1." in zero.stderr
 
 
 def test_rewinding_depth_quick(tmp_path):
