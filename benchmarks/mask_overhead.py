@@ -1,14 +1,20 @@
 """Training-step time and memory of `tf_lottery.mask` over the plain model, and of TF Model Optimization.
 
-For each model, builds the plain network twice with the same weights, masks
-one of them in place (`tf_lottery.mask`) with random masks at ~20% density
-(seeded), and compiles both with Adam, twice: as `fit` compiles on a CPU (a
-TensorFlow graph, `jit_compile=False`) and on a GPU or TPU (XLA,
-`jit_compile=True`). The masked model trains with
-`LotteryCallback()` in its callbacks, as a user would. Both train with
-`model.fit` on one in-memory `tf.data` dataset of random inputs, in one
-process, after a warm-up fit that traces the train step. Repeats alternate
-plain, masked, plain, masked, ... so load drifts hit both alike.
+For each model, builds the plain network three times with the same weights,
+masks one copy in place (`tf_lottery.mask`) with random masks at ~20%
+density (seeded), and compiles all three with Adam, twice: as `fit` compiles
+on a CPU (a TensorFlow graph, `jit_compile=False`) and on a GPU or TPU (XLA,
+`jit_compile=True`). The masked model trains with `LotteryCallback()` in its
+callbacks, as a user would. All train with `model.fit` on one in-memory
+`tf.data` dataset of random inputs, in one process, after a warm-up fit that
+traces the train step. Each repeat times plain, masked and the second plain
+copy in turn, starting one later than the repeat before (plain, masked, copy;
+masked, copy, plain; copy, plain, masked; ...), so load drifts, and whatever
+one fit leaves the next (warm caches), hit all alike. The plain copy
+is the control: its ratio to plain, the same model timed the same way, shows
+how far a ratio moves with nothing changed. Each model has its own number of
+steps per fit (`STEPS`), enough for a fit to last a second or more on a CPU:
+shorter fits are mostly noise.
 
 Models: LeNet-300-100 and Conv-2 on 28x28x1 images (10 classes), and a small
 keras-hub BERT text classifier (`BERT_CONFIG`, built from its constructor; 2
@@ -25,20 +31,25 @@ A repeat is one `fit(steps_per_epoch=steps, epochs=1)`, timed from
 the compiled step, batch-level callbacks) are included, per-fit set-up
 (including `LotteryCallback.on_train_begin`) is not. Reported per model and
 compilation (`graph`, `xla`): median ms per step of each, the median of the
-per-pair ratios masked/plain (of wall time; `cpu_ratio` of the process's CPU
-time, which leaves out time spent waiting for a CPU), whether it meets
+per-repeat ratios masked/plain (of wall time; `cpu_ratio` of the process's CPU
+time, which leaves out time spent waiting for a CPU) and plain copy/plain
+(`plain_copy_ratio`, wall time), whether the masked ratio meets
 `TARGET_RATIO` (and, for `graph`, is below tfmot's ratio), and whether every
 pruned weight is still exactly zero after the timed fits. Per model: the
 median ms of one pass of the mask constraints timed on their own
 (`constraint_ms`) and its share of the plain graph step (`constraint_share`):
-the work masking adds to a step without XLA; and memory: the bytes of the
-mask variables over the bytes of the weights they mask (target <=
-`TARGET_MEMORY`). The 1-minute load average at start and end is recorded
-too: other processes on the machine make timings noisy.
+the work masking adds to a step without XLA; beside it, one plain
+elementwise pass over the same weights (`variable.assign(variable * scale)`,
+`elementwise_pass_ms` and `elementwise_pass_share`): the least that any way
+of keeping pruned weights at zero after every step adds to a step that XLA
+does not fuse; and memory: the bytes of the mask variables over the bytes of
+the weights they mask (target <= `TARGET_MEMORY`). The 1-minute load average
+at start and end is recorded too: other processes on the machine make timings
+noisy.
 
 Run from the repository root:
 
-    python benchmarks/mask_overhead.py [--repeats 7] [--steps 200]
+    python benchmarks/mask_overhead.py [--repeats 21] [--steps N]
         [--models lenet300_100,conv2,bert] [--seed 0] [--output result.json]
 
 `--quick` uses tiny settings (for tests; the timings then mean nothing).
@@ -77,11 +88,14 @@ TARGET_RATIO = 1.02
 COMPILATIONS = {"graph": False, "xla": True}
 TARGET_MEMORY = 0.25
 BATCH_SIZES = {"lenet300_100": 60, "conv2": 60, "bert": 32}
+#: Training steps per timed fit: about a second (LeNet-300-100) to three (the others) on a 2-core CPU.
+STEPS = {"lenet300_100": 400, "conv2": 40, "bert": 40}
 QUICK = {"repeats": 2, "steps": 3, "warmup_steps": 2, "batch_size": 8}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("repeats", 7, "Timed fits per model and variant.", lower_bound=1)
-flags.DEFINE_integer("steps", 200, "Training steps per timed fit.", lower_bound=1)
+flags.DEFINE_integer("repeats", 21, "Timed fits per model and variant.", lower_bound=1)
+flags.DEFINE_integer("steps", None, f"Training steps per timed fit, for every model; default: {STEPS}.",
+                     lower_bound=1)
 flags.DEFINE_list("models", list(BATCH_SIZES), f"Models to measure, from {list(BATCH_SIZES)}.")
 flags.DEFINE_integer("seed", 0, "Seed for the weights, the data and the masks.")
 flags.DEFINE_string("output", None, "Also write the JSON to this file.")
@@ -133,7 +147,7 @@ def _epoch_timer(callbacks_module):
     return EpochTimer()
 
 
-def _ms_per_step(model, dataset, steps, extra_callbacks, callbacks_module=keras.callbacks):
+def _ms_per_step(model, extra_callbacks, dataset, steps, callbacks_module=keras.callbacks):
     """`(wall ms, process CPU ms)` per step of one fit of `steps` steps."""
     timer = _epoch_timer(callbacks_module)
     model.fit(dataset, steps_per_epoch=steps, epochs=1, callbacks=[*extra_callbacks(), timer], shuffle=False,
@@ -141,35 +155,37 @@ def _ms_per_step(model, dataset, steps, extra_callbacks, callbacks_module=keras.
     return 1000 * timer.seconds / steps, 1000 * timer.cpu_seconds / steps
 
 
-def _interleaved(pair, dataset, *, repeats, steps, warmup_steps, label, callbacks_module=keras.callbacks):
-    """Times `pair = {variant: (model, callbacks factory)}` alternately; medians and per-pair ratios.
+def _interleaved(variants, dataset, *, repeats, steps, warmup_steps, label, callbacks_module=keras.callbacks):
+    """Times `variants = {name: (model, callbacks factory)}` in turn; medians and per-repeat ratios.
 
-    The ratio is of wall time; `cpu_ratio`, of the process's CPU time (all its threads), which time
-    spent waiting for a CPU held by other processes leaves out.
+    The first variant is the base, the second the one measured against it (`ratio`: of wall time;
+    `cpu_ratio`: of the process's CPU time, all its threads, which time spent waiting for a CPU held by
+    other processes leaves out); any further one is a control, with its own `<name>_ratio` of wall time.
+    Each repeat starts one variant later than the one before, so each takes every place in turn.
     """
-    (base, (base_model, base_callbacks)), (other, (other_model, other_callbacks)) = pair.items()
-    for model, callbacks in pair.values():  # Traces the train steps.
-        _ms_per_step(model, dataset, warmup_steps, callbacks, callbacks_module)
-    wall, cpu = {base: [], other: []}, {base: [], other: []}
+    base, measured, *controls = variants
+    for model, callbacks in variants.values():  # Traces the train steps.
+        _ms_per_step(model, callbacks, dataset, warmup_steps, callbacks_module)
+    wall, cpu = {name: [] for name in variants}, {name: [] for name in variants}
     for i in range(repeats):
-        for name, model, callbacks in ((base, base_model, base_callbacks), (other, other_model, other_callbacks)):
-            ms, cpu_ms = _ms_per_step(model, dataset, steps, callbacks, callbacks_module)
+        names = list(variants)
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            ms, cpu_ms = _ms_per_step(*variants[name], dataset, steps, callbacks_module)
             wall[name].append(ms)
             cpu[name].append(cpu_ms)
-        logging.info("%s repeat %d/%d: %s %.3f ms/step, %s %.3f ms/step", label, i + 1, repeats,
-                     base, wall[base][-1], other, wall[other][-1])
-    ratios = [o / b for b, o in zip(wall[base], wall[other])]
-    cpu_ratios = [o / b for b, o in zip(cpu[base], cpu[other])]
-    return {
-        f"{base}_ms_per_step": statistics.median(wall[base]),
-        f"{other}_ms_per_step": statistics.median(wall[other]),
-        "ratio": statistics.median(ratios),
-        "cpu_ratio": statistics.median(cpu_ratios),
-        f"{base}_ms_per_repeat": wall[base],
-        f"{other}_ms_per_repeat": wall[other],
-        "ratio_per_repeat": ratios,
-        "cpu_ratio_per_repeat": cpu_ratios,
-    }
+        logging.info("%s repeat %d/%d: %s", label, i + 1, repeats,
+                     ", ".join(f"{name} {times[-1]:.3f} ms/step" for name, times in wall.items()))
+
+    def ratios(times, name):
+        return [other / plain for plain, other in zip(times[base], times[name])]
+
+    timing = {f"{name}_ms_per_step": statistics.median(times) for name, times in wall.items()}
+    timing.update(ratio=statistics.median(ratios(wall, measured)), cpu_ratio=statistics.median(ratios(cpu, measured)))
+    timing.update({f"{name}_ratio": statistics.median(ratios(wall, name)) for name in controls})
+    timing.update({f"{name}_ms_per_repeat": times for name, times in wall.items()})
+    timing.update(ratio_per_repeat=ratios(wall, measured), cpu_ratio_per_repeat=ratios(cpu, measured))
+    timing.update({f"{name}_ratio_per_repeat": ratios(wall, name) for name in controls})
+    return timing
 
 
 def _memory(model):
@@ -181,28 +197,41 @@ def _memory(model):
             "meets_target": mask_bytes / weight_bytes <= TARGET_MEMORY}
 
 
-def _constraint_ms(model, rounds, runs):
-    """Median ms of one pass of every mask constraint of `model`, timed on its own.
+def _pass_ms(variables, new_value, rounds, runs):
+    """Median ms of one pass of `variable.assign(new_value(variable))` over `variables`, timed on its own.
 
-    The pass is what Keras' optimizer runs after each update (`variable.assign(variable.constraint(variable))`
-    for every masked weight), and all the work a masked step adds to a plain one. Each round times `runs`
-    passes in one graph (a `tf.range` loop, as a compiled train step runs them, without a Python call each).
+    Each round times `runs` passes in one graph (a `tf.range` loop, as a compiled train step runs them, without a
+    Python call each).
     """
-    variables = list(masking.get_prunable_variables(model).values())
 
     @tf.function
-    def constrain(passes):
-        for _ in tf.range(passes):
+    def passes(count):
+        for _ in tf.range(count):
             for variable in variables:
-                variable.assign(variable.constraint(variable))
+                variable.assign(new_value(variable))
 
-    constrain(tf.constant(1))  # Traces.
+    passes(tf.constant(1))  # Traces.
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        constrain(tf.constant(runs))
+        passes(tf.constant(runs))
         times.append((time.perf_counter() - start) / runs)
     return 1000 * statistics.median(times)
+
+
+def _pass_costs(model, plain_ms_per_step, rounds, runs):
+    """What a masked step adds without XLA, and the least that any per-step zeroing would add, in ms and shares.
+
+    The constraint pass is what Keras' optimizer runs after each update (`variable.assign(variable.constraint(
+    variable))` for every masked weight). The elementwise pass multiplies the same weights by a variable scale of
+    1 (a variable, so that no graph optimization can drop it): one read and one write of each weight.
+    """
+    variables = list(masking.get_prunable_variables(model).values())
+    scale = tf.Variable(1.0)
+    costs = {"constraint_ms": _pass_ms(variables, lambda variable: variable.constraint(variable), rounds, runs),
+             "elementwise_pass_ms": _pass_ms(variables, lambda variable: variable * scale, rounds, runs)}
+    return {**costs, "constraint_share": costs["constraint_ms"] / plain_ms_per_step,
+            "elementwise_pass_share": costs["elementwise_pass_ms"] / plain_ms_per_step}
 
 
 def _pruned_weights_zero(model):
@@ -220,8 +249,9 @@ def _compiled(model, jit_compile):
 def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
     keras.utils.set_random_seed(seed)
     plain, num_classes = _build(name, quick)
-    masked, _ = _build(name, quick)
-    masked.set_weights(plain.get_weights())
+    plain_copy, masked = _build(name, quick)[0], _build(name, quick)[0]
+    for model in (plain_copy, masked):
+        model.set_weights(plain.get_weights())
     tf_lottery.mask(masked)
     rng = np.random.default_rng(seed)
     tf_lottery.set_masks(masked, {key: rng.random(mask.shape) < DENSITY
@@ -236,15 +266,15 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
         "masked_weights": tf_lottery.sparsity_report(masked)["total"],
     }
     for compilation, jit_compile in COMPILATIONS.items():
-        pair = {"plain": (_compiled(plain, jit_compile), list),
-                "masked": (_compiled(masked, jit_compile), lambda: [tf_lottery.LotteryCallback()])}
-        timing = _interleaved(pair, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
+        variants = {"plain": (_compiled(plain, jit_compile), list),
+                    "masked": (_compiled(masked, jit_compile), lambda: [tf_lottery.LotteryCallback()]),
+                    "plain_copy": (_compiled(plain_copy, jit_compile), list)}
+        timing = _interleaved(variants, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
                               label=f"{name} ({compilation})")
         entry[compilation] = {**timing, "meets_target": timing["ratio"] <= TARGET_RATIO,
                               "pruned_weights_zero": _pruned_weights_zero(masked)}
-    constraint_ms = _constraint_ms(masked, repeats, steps)
-    return {**entry, "constraint_ms": constraint_ms,
-            "constraint_share": constraint_ms / entry["graph"]["plain_ms_per_step"], "memory": _memory(masked)}
+    return {**entry, **_pass_costs(masked, entry["graph"]["plain_ms_per_step"], repeats, steps),
+            "memory": _memory(masked)}
 
 
 def measure_tfmot(*, repeats, steps, warmup_steps, batch_size, seed):
@@ -259,8 +289,8 @@ def measure_tfmot(*, repeats, steps, warmup_steps, batch_size, seed):
         model.compile(optimizer=tf_keras.optimizers.Adam(1e-3),
                       loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     dataset = _dataset("lenet300_100", batch_size, NUM_CLASSES, seed, quick=False)
-    pair = {"plain": (plain, list), "pruned": (pruned, lambda: [tfmot.sparsity.keras.UpdatePruningStep()])}
-    timing = _interleaved(pair, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
+    variants = {"plain": (plain, list), "pruned": (pruned, lambda: [tfmot.sparsity.keras.UpdatePruningStep()])}
+    timing = _interleaved(variants, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
                           label="tfmot lenet300_100", callbacks_module=tf_keras.callbacks)
     return {"model": "lenet300_100", "batch_size": batch_size, "steps": steps, "repeats": repeats,
             "sparsity": 1 - DENSITY, "update_frequency": 100, **timing}
@@ -274,29 +304,32 @@ def _tfmot_in_subprocess(settings):
     return json.loads(result.stdout)
 
 
+def _settings(name):
+    """Repeats, steps, warm-up steps and batch size for timing model `name`, from the flags."""
+    if FLAGS.quick:
+        return dict(QUICK)
+    steps = FLAGS.steps or STEPS[name]
+    return {"repeats": FLAGS.repeats, "steps": steps, "warmup_steps": min(steps, 20), "batch_size": BATCH_SIZES[name]}
+
+
 def main(argv):
     del argv
     if FLAGS.tfmot_settings:
         print(json.dumps(measure_tfmot(**json.loads(FLAGS.tfmot_settings))))
         return
-    settings = dict(QUICK) if FLAGS.quick else {"repeats": FLAGS.repeats, "steps": FLAGS.steps,
-                                                "warmup_steps": min(FLAGS.steps, 20)}
     load_start = os.getloadavg()[0]
-    results = {}
-    for name in FLAGS.models:
-        batch_size = settings.get("batch_size", BATCH_SIZES[name])
-        results[name] = measure(name, **{**settings, "batch_size": batch_size}, seed=FLAGS.seed, quick=FLAGS.quick)
+    results = {name: measure(name, **_settings(name), seed=FLAGS.seed, quick=FLAGS.quick) for name in FLAGS.models}
     peer = None
     if FLAGS.tfmot:
-        peer = _tfmot_in_subprocess({**settings, "batch_size": settings.get("batch_size", BATCH_SIZES["lenet300_100"]),
-                                     "seed": FLAGS.seed})
+        peer = _tfmot_in_subprocess({**_settings("lenet300_100"), "seed": FLAGS.seed})
         for entry in results.values():
             entry["graph"]["below_tfmot"] = entry["graph"]["ratio"] < peer["ratio"]
     report = {
         "benchmark": "mask_overhead",
         "measured": "ms per training step (model.fit, Adam), compiled as a TensorFlow graph and with XLA: masked "
-                    "with LotteryCallback vs plain; tfmot's prune_low_magnitude with UpdatePruningStep vs plain "
-                    "tf_keras (graph); one pass of the mask constraints alone; mask bytes over masked weight bytes",
+                    "with LotteryCallback vs plain, and a second plain copy vs plain; tfmot's prune_low_magnitude "
+                    "with UpdatePruningStep vs plain tf_keras (graph); one pass of the mask constraints alone, and "
+                    "one elementwise pass over the same weights; mask bytes over masked weight bytes",
         "target": f"ratio <= {TARGET_RATIO} and below tfmot's; memory ratio <= {TARGET_MEMORY}",
         "quick": FLAGS.quick,
         "seed": FLAGS.seed,

@@ -17,7 +17,7 @@ import pytest
 from conftest import run_script, run_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_FIELDS = ("repeats", "steps", "batch_size", "constraint_ms")
+MODEL_FIELDS = ("repeats", "steps", "batch_size", "constraint_ms", "elementwise_pass_ms")
 TIMING_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio")
 
 
@@ -68,13 +68,19 @@ def test_mask_overhead_quick(tmp_path):
             for field in TIMING_FIELDS:
                 assert timing[field] > 0, (name, compilation, field, timing[field])
             _assert_ratios({**timing, "repeats": entry["repeats"]}, "masked")
+            copies = [copy / plain for plain, copy in zip(timing["plain_ms_per_repeat"],
+                                                          timing["plain_copy_ms_per_repeat"])]
+            assert timing["plain_copy_ratio_per_repeat"] == pytest.approx(copies, rel=1e-12)
+            assert timing["plain_copy_ratio"] == statistics.median(timing["plain_copy_ratio_per_repeat"])
+            assert timing["plain_copy_ms_per_step"] == statistics.median(timing["plain_copy_ms_per_repeat"])
             # The verdicts follow from the printed figures.
             assert timing["meets_target"] is (timing["ratio"] <= target_ratio), (name, compilation, timing["ratio"])
             assert timing["pruned_weights_zero"] is True, (name, compilation)
         graph = entry["graph"]
         assert graph["below_tfmot"] is (graph["ratio"] < peer["ratio"]), (name, graph["ratio"], peer["ratio"])
         assert "below_tfmot" not in entry["xla"]
-        assert entry["constraint_share"] == entry["constraint_ms"] / graph["plain_ms_per_step"]
+        for cost in ("constraint", "elementwise_pass"):
+            assert entry[f"{cost}_share"] == entry[f"{cost}_ms"] / graph["plain_ms_per_step"]
         assert 0 < entry["mask_density"] < 0.5
         memory = entry["memory"]
         assert memory["ratio"] == memory["mask_bytes"] / memory["masked_weight_bytes"] == 0.25  # bool over float32
