@@ -13,8 +13,8 @@ masked, copy, plain; copy, plain, masked; ...), so load drifts, and whatever
 one fit leaves the next (warm caches), hit all alike. The plain copy
 is the control: its ratio to plain, the same model timed the same way, shows
 how far a ratio moves with nothing changed. Each model has its own number of
-steps per fit (`STEPS`), enough for a fit to last a second or more on a CPU:
-shorter fits are mostly noise.
+steps per fit (`STEPS`), enough for a fit to last about a second or more on
+a CPU: shorter fits are mostly noise.
 
 Models: LeNet-300-100 and Conv-2 on 28x28x1 images (10 classes), and a small
 keras-hub BERT text classifier (`BERT_CONFIG`, built from its constructor; 2
@@ -249,7 +249,7 @@ def _compiled(model, jit_compile):
 def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
     keras.utils.set_random_seed(seed)
     plain, num_classes = _build(name, quick)
-    plain_copy, masked = _build(name, quick)[0], _build(name, quick)[0]
+    plain_copy, masked = (_build(name, quick)[0] for _ in range(2))
     for model in (plain_copy, masked):
         model.set_weights(plain.get_weights())
     tf_lottery.mask(masked)
