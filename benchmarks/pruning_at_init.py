@@ -118,8 +118,7 @@ def main(argv):
         "test accuracy of the ticket (iterative magnitude pruning) and of SNIP, GraSP and SynFlow masks at the same "
         "density, each with the random_mask control of its own layer densities and the reinit control",
         quick=FLAGS.quick, seed=FLAGS.seed, settings=settings, models=results,
-        dataset={"name": data.name, "source": data.source, "train_images": len(data.x_train),
-                 "test_images": len(data.x_test)})
+        dataset=data.description())
     _log(markdown(results))
     storage.publish_json(report, FLAGS.output)
 

@@ -312,8 +312,7 @@ def main(argv):
         "1, one thread, for every file). The unit ticket shipped is the sparsest round within 1 point of dense "
         "validation accuracy; every round of the unit search is compacted and timed",
         quick=FLAGS.quick, seed=FLAGS.seed, settings=settings, models=results,
-        dataset={"name": data.name, "source": data.source, "train_images": len(data.x_train),
-                 "test_images": len(data.x_test)})
+        dataset=data.description())
     _log(markdown(results))
     storage.publish_json(report, FLAGS.output)
 

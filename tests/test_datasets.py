@@ -151,6 +151,12 @@ def test_digits_shapes_split_and_determinism():
     assert not np.array_equal(other.x_val, ds.x_val)
 
 
+def test_description_names_the_data_and_counts_its_images():
+    ds = datasets.load("digits", validation_size=100)
+    assert ds.description() == {"name": "digits", "source": ds.source, "train_images": 1337, "test_images": 360}
+    assert ds.source
+
+
 def test_digits_split_partitions_the_images():
     from sklearn.datasets import load_digits
 

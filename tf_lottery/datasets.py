@@ -117,6 +117,11 @@ class Dataset:
         """Shape of one image, (H, W, C)."""
         return self.x_train.shape[1:]
 
+    def description(self) -> dict:
+        """What a benchmark report records of the data: its name, source and numbers of train and test images."""
+        return {"name": self.name, "source": self.source, "train_images": len(self.x_train),
+                "test_images": len(self.x_test)}
+
 
 def load(
     name: str,
