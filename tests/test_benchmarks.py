@@ -6,17 +6,13 @@ the benchmark reports follow from them.
 
 import importlib.util
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 
 import pytest
 
-from conftest import run_script, run_scripts
+from conftest import ROOT, run_script, run_scripts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_FIELDS = ("repeats", "steps", "batch_size", "constraint_ms", "elementwise_pass_ms")
 TIMING_FIELDS = ("plain_ms_per_step", "masked_ms_per_step", "ratio")
 
@@ -42,15 +38,7 @@ def _assert_ratios(entry, variant):
 
 
 def test_mask_overhead_quick(tmp_path):
-    output = tmp_path / "mask_overhead.json"
-    result = subprocess.run(
-        [sys.executable, "benchmarks/mask_overhead.py", "--quick", "--output", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(output.read_text())
-    assert json.loads(result.stdout) == report
-    assert report["quick"] is True
+    report, _ = _quick_run(tmp_path, "mask_overhead")
     assert report["tensorflow"] and report["keras"] and report["cpu_count"] > 0
     target = re.fullmatch(r"ratio <= ([\d.]+) and below tfmot's; memory ratio <= ([\d.]+)", report["target"])
     assert target, report["target"]
@@ -176,7 +164,7 @@ def test_structured_tickets_quick(tmp_path):
 def test_structured_tickets_ships_the_sparsest_round_within_tolerance_else_the_best_on_validation():
     # The function only: the script parses its flags when run as __main__.
     spec = importlib.util.spec_from_file_location("structured_tickets_under_test",
-                                                  os.path.join(ROOT, "benchmarks", "structured_tickets.py"))
+                                                  ROOT / "benchmarks" / "structured_tickets.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rounds = [{"round": index, "val_accuracy": value} for index, value in enumerate([0.90, 0.85, 0.88, 0.86])]
