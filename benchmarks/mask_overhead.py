@@ -7,14 +7,19 @@ on a CPU (a TensorFlow graph, `jit_compile=False`) and on a GPU or TPU (XLA,
 `jit_compile=True`). The masked model trains with `LotteryCallback()` in its
 callbacks, as a user would. All train with `model.fit` on one in-memory
 `tf.data` dataset of random inputs, in one process, after a warm-up fit that
-traces the train step. Each repeat times plain, masked and the second plain
-copy in turn, starting one later than the repeat before (plain, masked, copy;
-masked, copy, plain; copy, plain, masked; ...), so load drifts, and whatever
-one fit leaves the next (warm caches), hit all alike. The plain copy
-is the control: its ratio to plain, the same model timed the same way, shows
-how far a ratio moves with nothing changed. Each model has its own number of
-steps per fit (`STEPS`), enough for a fit to last about a second or more on
-a CPU: shorter fits are mostly noise.
+traces the train step. Two controls: the second plain copy, whose ratio to
+plain (the same model timed the same way) shows how far a ratio moves with
+nothing changed; and the masked model itself training with a second train
+step traced without the mask constraints ("unconstrained": the same weights,
+optimizer and callbacks), whose ratio to masked leaves out whatever two model
+instances differ by (where their buffers lie) and measures the constraints
+alone (`constraint_ratio`). Each repeat times plain, masked, the copy and the
+unconstrained step in turn, starting one later than the repeat before (plain,
+masked, copy, unconstrained; masked, copy, unconstrained, plain; ...), so
+load drifts, and whatever one fit leaves the next (warm caches), hit all
+alike. Each model has its own number of steps per fit (`STEPS`), enough for
+a fit to last about a second or more on a CPU: shorter fits are mostly
+noise.
 
 Models: LeNet-300-100 and Conv-2 on 28x28x1 images (10 classes), and a small
 keras-hub BERT text classifier (`BERT_CONFIG`, built from its constructor; 2
@@ -32,13 +37,16 @@ the compiled step, batch-level callbacks) are included, per-fit set-up
 (including `LotteryCallback.on_train_begin`) is not. Reported per model and
 compilation (`graph`, `xla`): median ms per step of each, the median of the
 per-repeat ratios masked/plain (of wall time; `cpu_ratio` of the process's CPU
-time, which leaves out time spent waiting for a CPU) and plain copy/plain
-(`plain_copy_ratio`, wall time), whether the masked ratio meets
-`TARGET_RATIO` (and, for `graph`, is below tfmot's ratio), and whether every
-pruned weight is still exactly zero after the timed fits. Per model: the
-median ms of one pass of the mask constraints timed on their own
-(`constraint_ms`) and its share of the plain graph step (`constraint_share`):
-the work masking adds to a step without XLA; beside it, one plain
+time, which leaves out time spent waiting for a CPU), plain copy/plain
+(`plain_copy_ratio`), unconstrained/plain (`unconstrained_ratio`) and
+masked/unconstrained (`constraint_ratio`), all of wall time; whether the
+masked ratio meets `TARGET_RATIO` (and, for `graph`, is below tfmot's ratio),
+whether every pruned weight was exactly zero after every masked fit, and
+whether every unconstrained fit revived pruned weights (it should: it checks
+that the control leaves the masks out). Per model: the median ms of one pass
+of the mask constraints timed on their own (`constraint_ms`) and its share
+of the plain graph step (`constraint_share`): the work masking adds to a
+step without XLA; beside it, one plain
 elementwise pass over the same weights (`variable.assign(variable * scale)`,
 `elementwise_pass_ms` and `elementwise_pass_share`): the least that any way
 of keeping pruned weights at zero after every step adds to a step that XLA
@@ -240,10 +248,54 @@ def _pruned_weights_zero(model):
                for key, weight in masking.get_prunable_variables(model).items())
 
 
+class _ZeroCheck(keras.callbacks.Callback):
+    """Records, as each fit ends (after the timer stops), whether every pruned weight is exactly zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.results = []
+
+    def on_train_end(self, logs=None):
+        self.results.append(_pruned_weights_zero(self.model))
+
+
 def _compiled(model, jit_compile):
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
     return model
+
+
+class _WithStep:
+    """A model that trains with a given train function of its own: `fit` sets it first.
+
+    Keras keeps a model's train function until the model is compiled again, so two functions traced from one
+    compiled model (one optimizer, one set of weights) can take turns.
+    """
+
+    def __init__(self, model, train_function):
+        self.model, self.train_function = model, train_function
+
+    def fit(self, *args, **kwargs):
+        self.model.train_function = self.train_function
+        return self.model.fit(*args, **kwargs)
+
+
+def _with_and_without_mask_constraints(model, dataset):
+    """`(masked, unconstrained)`: the compiled masked `model`, training with its own step, and the same model and
+    optimizer training with a step traced without the mask constraints (each weight keeping its own, if any)."""
+    variables = list(masking.get_prunable_variables(model).values())
+    constraints = [variable.constraint for variable in variables]
+    for variable, constraint in zip(variables, constraints):
+        variable.constraint = constraint.inner
+    try:
+        model.make_train_function(force=True)
+        model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)  # Traces the step, as it stands now.
+        unconstrained = model.train_function
+    finally:
+        for variable, constraint in zip(variables, constraints):
+            variable.constraint = constraint
+    model.make_train_function(force=True)
+    return _WithStep(model, model.train_function), _WithStep(model, unconstrained)
 
 
 def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
@@ -266,13 +318,24 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
         "masked_weights": tf_lottery.sparsity_report(masked)["total"],
     }
     for compilation, jit_compile in COMPILATIONS.items():
+        with_constraints, unconstrained = _with_and_without_mask_constraints(_compiled(masked, jit_compile), dataset)
+        checks = {"masked": _ZeroCheck(), "unconstrained": _ZeroCheck()}
         variants = {"plain": (_compiled(plain, jit_compile), list),
-                    "masked": (_compiled(masked, jit_compile), lambda: [tf_lottery.LotteryCallback()]),
-                    "plain_copy": (_compiled(plain_copy, jit_compile), list)}
+                    "masked": (with_constraints, lambda: [tf_lottery.LotteryCallback(), checks["masked"]]),
+                    "plain_copy": (_compiled(plain_copy, jit_compile), list),
+                    "unconstrained": (unconstrained, lambda: [tf_lottery.LotteryCallback(), checks["unconstrained"]])}
         timing = _interleaved(variants, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
                               label=f"{name} ({compilation})")
-        entry[compilation] = {**timing, "meets_target": timing["ratio"] <= TARGET_RATIO,
-                              "pruned_weights_zero": _pruned_weights_zero(masked)}
+        constraint_ratios = [masked_ms / unconstrained_ms for masked_ms, unconstrained_ms
+                             in zip(timing["masked_ms_per_repeat"], timing["unconstrained_ms_per_repeat"])]
+        entry[compilation] = {**timing, "constraint_ratio": statistics.median(constraint_ratios),
+                              "constraint_ratio_per_repeat": constraint_ratios,
+                              "meets_target": timing["ratio"] <= TARGET_RATIO,
+                              "pruned_weights_zero": bool(checks["masked"].results) and all(checks["masked"].results),
+                              # The control's step really leaves the masks out: each of its fits revives pruned
+                              # weights (the next masked fit's LotteryCallback zeroes them before it starts).
+                              "unconstrained_revives_pruned_weights": bool(checks["unconstrained"].results)
+                              and not any(checks["unconstrained"].results)}
     return {**entry, **_pass_costs(masked, entry["graph"]["plain_ms_per_step"], repeats, steps),
             "memory": _memory(masked)}
 

@@ -63,6 +63,12 @@ def test_mask_overhead_quick(tmp_path):
             assert timing["plain_copy_ratio_per_repeat"] == pytest.approx(copies, rel=1e-12)
             assert timing["plain_copy_ratio"] == statistics.median(timing["plain_copy_ratio_per_repeat"])
             assert timing["plain_copy_ms_per_step"] == statistics.median(timing["plain_copy_ms_per_repeat"])
+            constraint = [masked / unconstrained for masked, unconstrained in
+                          zip(timing["masked_ms_per_repeat"], timing["unconstrained_ms_per_repeat"])]
+            assert timing["constraint_ratio_per_repeat"] == pytest.approx(constraint, rel=1e-12)
+            assert timing["constraint_ratio"] == statistics.median(constraint)
+            assert timing["unconstrained_ratio"] == statistics.median(timing["unconstrained_ratio_per_repeat"])
+            assert timing["unconstrained_revives_pruned_weights"] is True, (name, compilation)
             # The verdicts follow from the printed figures.
             assert timing["meets_target"] is (timing["ratio"] <= target_ratio), (name, compilation, timing["ratio"])
             assert timing["pruned_weights_zero"] is True, (name, compilation)
