@@ -163,6 +163,11 @@ def _ms_per_step(model, extra_callbacks, dataset, steps, callbacks_module=keras.
     return 1000 * timer.seconds / steps, 1000 * timer.cpu_seconds / steps
 
 
+def _ratios(times, base_times):
+    """Per-repeat ratios of `times` to `base_times` (ms of two variants, repeat by repeat)."""
+    return [value / base for value, base in zip(times, base_times)]
+
+
 def _interleaved(variants, dataset, *, repeats, steps, warmup_steps, label, callbacks_module=keras.callbacks):
     """Times `variants = {name: (model, callbacks factory)}` in turn; medians and per-repeat ratios.
 
@@ -185,7 +190,7 @@ def _interleaved(variants, dataset, *, repeats, steps, warmup_steps, label, call
                      ", ".join(f"{name} {times[-1]:.3f} ms/step" for name, times in wall.items()))
 
     def ratios(times, name):
-        return [other / plain for plain, other in zip(times[base], times[name])]
+        return _ratios(times[name], times[base])
 
     timing = {f"{name}_ms_per_step": statistics.median(times) for name, times in wall.items()}
     timing.update(ratio=statistics.median(ratios(wall, measured)), cpu_ratio=statistics.median(ratios(cpu, measured)))
@@ -326,8 +331,7 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
                     "unconstrained": (unconstrained, lambda: [tf_lottery.LotteryCallback(), checks["unconstrained"]])}
         timing = _interleaved(variants, dataset, repeats=repeats, steps=steps, warmup_steps=warmup_steps,
                               label=f"{name} ({compilation})")
-        constraint_ratios = [masked_ms / unconstrained_ms for masked_ms, unconstrained_ms
-                             in zip(timing["masked_ms_per_repeat"], timing["unconstrained_ms_per_repeat"])]
+        constraint_ratios = _ratios(timing["masked_ms_per_repeat"], timing["unconstrained_ms_per_repeat"])
         entry[compilation] = {**timing, "constraint_ratio": statistics.median(constraint_ratios),
                               "constraint_ratio_per_repeat": constraint_ratios,
                               "meets_target": timing["ratio"] <= TARGET_RATIO,
