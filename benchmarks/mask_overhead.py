@@ -46,14 +46,13 @@ whether every unconstrained fit revived pruned weights (it should: it checks
 that the control leaves the masks out). Per model: the median ms of one pass
 of the mask constraints timed on their own (`constraint_ms`) and its share
 of the plain graph step (`constraint_share`): the work masking adds to a
-step without XLA; beside it, one plain
-elementwise pass over the same weights (`variable.assign(variable * scale)`,
-`elementwise_pass_ms` and `elementwise_pass_share`): the least that any way
-of keeping pruned weights at zero after every step adds to a step that XLA
-does not fuse; and memory: the bytes of the mask variables over the bytes of
-the weights they mask (target <= `TARGET_MEMORY`). The 1-minute load average
-at start and end is recorded too: other processes on the machine make timings
-noisy.
+step without XLA; beside it, one plain elementwise pass over the same
+weights (`variable.assign(variable * scale)`, `elementwise_pass_ms` and
+`elementwise_pass_share`): the least that any way of keeping pruned weights
+at zero after every step adds to a step that XLA does not fuse; and memory:
+the bytes of the mask variables over the bytes of the weights they mask
+(target <= `TARGET_MEMORY`). The 1-minute load average at start and end is
+recorded too: other processes on the machine make timings noisy.
 
 Run from the repository root:
 
@@ -394,9 +393,11 @@ def main(argv):
     report = {
         "benchmark": "mask_overhead",
         "measured": "ms per training step (model.fit, Adam), compiled as a TensorFlow graph and with XLA: masked "
-                    "with LotteryCallback vs plain, and a second plain copy vs plain; tfmot's prune_low_magnitude "
-                    "with UpdatePruningStep vs plain tf_keras (graph); one pass of the mask constraints alone, and "
-                    "one elementwise pass over the same weights; mask bytes over masked weight bytes",
+                    "with LotteryCallback vs plain, a second plain copy vs plain, and the masked model with a step "
+                    "traced without its mask constraints (unconstrained) vs plain and masked vs it; tfmot's "
+                    "prune_low_magnitude with UpdatePruningStep vs plain tf_keras (graph); one pass of the mask "
+                    "constraints alone, and one elementwise pass over the same weights; mask bytes over masked "
+                    "weight bytes",
         "target": f"ratio <= {TARGET_RATIO} and below tfmot's; memory ratio <= {TARGET_MEMORY}",
         "quick": FLAGS.quick,
         "seed": FLAGS.seed,
