@@ -79,7 +79,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_lottery  # noqa: E402
-from tf_lottery import environment, masking, models, storage, tfmot_bridge  # noqa: E402
+from tf_lottery import environment, masking, models, registry, storage, tfmot_bridge  # noqa: E402
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -284,20 +284,21 @@ class _WithStep:
         return self.model.fit(*args, **kwargs)
 
 
-def _with_and_without_mask_constraints(model, dataset):
+def _with_and_without_mask_constraints(model, own_constraints, dataset):
     """`(masked, unconstrained)`: the compiled masked `model`, training with its own step, and the same model and
-    optimizer training with a step traced without the mask constraints (each weight keeping its own, if any)."""
-    variables = list(masking.get_prunable_variables(model).values())
-    constraints = [variable.constraint for variable in variables]
-    for variable, constraint in zip(variables, constraints):
-        variable.constraint = constraint.inner
+    optimizer training with a step traced without the mask constraints: each weight keeps `own_constraints[key]`,
+    the constraint it had before masking (`None` for most)."""
+    variables = masking.get_prunable_variables(model)
+    mask_constraints = {key: variable.constraint for key, variable in variables.items()}
+    for key, variable in variables.items():
+        variable.constraint = own_constraints[key]
     try:
         model.make_train_function(force=True)
         model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)  # Traces the step, as it stands now.
         unconstrained = model.train_function
     finally:
-        for variable, constraint in zip(variables, constraints):
-            variable.constraint = constraint
+        for key, variable in variables.items():
+            variable.constraint = mask_constraints[key]
     model.make_train_function(force=True)
     return _WithStep(model, model.train_function), _WithStep(model, unconstrained)
 
@@ -308,6 +309,7 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
     plain_copy, masked = (_build(name, quick)[0] for _ in range(2))
     for model in (plain_copy, masked):
         model.set_weights(plain.get_weights())
+    own_constraints = {key: variable.constraint for key, variable in registry.weights_by_path(masked).items()}
     tf_lottery.mask(masked)
     rng = np.random.default_rng(seed)
     tf_lottery.set_masks(masked, {key: rng.random(mask.shape) < DENSITY
@@ -322,7 +324,8 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
         "masked_weights": tf_lottery.sparsity_report(masked)["total"],
     }
     for compilation, jit_compile in COMPILATIONS.items():
-        with_constraints, unconstrained = _with_and_without_mask_constraints(_compiled(masked, jit_compile), dataset)
+        with_constraints, unconstrained = _with_and_without_mask_constraints(
+            _compiled(masked, jit_compile), own_constraints, dataset)
         checks = {"masked": _ZeroCheck(), "unconstrained": _ZeroCheck()}
         variants = {"plain": (_compiled(plain, jit_compile), list),
                     "masked": (with_constraints, lambda: [tf_lottery.LotteryCallback(), checks["masked"]]),
