@@ -315,13 +315,14 @@ def measure(name, *, repeats, steps, warmup_steps, batch_size, seed, quick):
     tf_lottery.set_masks(masked, {key: rng.random(mask.shape) < DENSITY
                                   for key, mask in tf_lottery.get_masks(masked).items()})
     dataset = _dataset(name, batch_size, num_classes, seed, quick)
+    sparsity = tf_lottery.sparsity_report(masked)
     entry = {
         "batch_size": batch_size,
         "steps": steps,
         "warmup_steps": warmup_steps,
         "repeats": repeats,
-        "mask_density": tf_lottery.sparsity_report(masked)["density"],
-        "masked_weights": tf_lottery.sparsity_report(masked)["total"],
+        "mask_density": sparsity["density"],
+        "masked_weights": sparsity["total"],
     }
     for compilation, jit_compile in COMPILATIONS.items():
         with_constraints, unconstrained = _with_and_without_mask_constraints(
